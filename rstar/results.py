@@ -1,0 +1,187 @@
+"""Datasets in, results out: JSONL readers, the resumable result file, metrics.
+
+A run directory holds `results.jsonl`: one line per finished problem, written
+and flushed (and fsync'd) as the problem finishes, with its whole search tree.
+A killed run loses at most the problems in flight; a torn last line (a kill in
+the middle of a write) is cut off when the run is resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from rstar.errors import DataError
+from rstar.search.mcts import Problem
+
+RESULTS_FILE = "results.jsonl"
+CONFIG_FILE = "run.json"
+
+
+@dataclass
+class BadLine:
+    lineno: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.lineno}: {self.reason}"
+
+
+def gold_from_record(record: dict) -> str | None:
+    """The gold answer of a record: `answer`, with GSM8K's '#### 72' form reduced to '72'."""
+    ans = record.get("answer")
+    if ans is None:
+        return None
+    ans = str(ans)
+    if "####" in ans:
+        ans = ans.rsplit("####", 1)[1]
+    ans = ans.strip()
+    return ans or None
+
+
+def read_problems(path: str | Path, bad: list[BadLine] | None = None) -> Iterator[Problem]:
+    """Yield the problems of a JSONL file. Malformed lines are reported into `bad` and skipped.
+
+    Each line is an object with `question` (or `problem`), optional `answer`, optional `id`
+    (the line number when absent).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (give a JSONL file with one {{\"question\": ...}} object per line)")
+    seen: set[str] = set()
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _report(bad, path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(record, dict):
+                _report(bad, path, lineno, f"expected a JSON object, got {type(record).__name__}")
+                continue
+            question = record.get("question", record.get("problem"))
+            if not isinstance(question, str) or not question.strip():
+                _report(bad, path, lineno, "no 'question' string")
+                continue
+            pid = str(record.get("id", f"line-{lineno}"))
+            if pid in seen:
+                _report(bad, path, lineno, f"duplicate id {pid!r}")
+                continue
+            seen.add(pid)
+            yield Problem(id=pid, question=question.strip(), gold=gold_from_record(record))
+
+
+def _report(bad: list[BadLine] | None, path: Path, lineno: int, reason: str) -> None:
+    item = BadLine(lineno, reason)
+    if bad is not None:
+        bad.append(item)
+    print(f"rstar: warning: {path}:{item} (skipped)", file=sys.stderr)
+
+
+class ResultWriter:
+    """Appends one JSON line per finished problem to DIR/results.jsonl, durably."""
+
+    def __init__(self, out_dir: str | Path, resume: bool = False) -> None:
+        self.dir = Path(out_dir)
+        self.path = self.dir / RESULTS_FILE
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, dict] = {}
+        if self.path.exists():
+            if not resume:
+                raise DataError(
+                    f"{self.path} already holds results; pass --resume to continue that run, "
+                    f"or choose another --out directory")
+            self.done = {r["id"]: r for r in load_results(self.dir, repair=True)}
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def write(self, result: dict) -> None:
+        self._fh.write(json.dumps(result, ensure_ascii=False) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.done[result["id"]] = result
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "ResultWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_results(out_dir: str | Path, repair: bool = False) -> list[dict]:
+    """Read DIR/results.jsonl. A torn last line is dropped (and cut from the file when `repair`)."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: no results here (run `rstar run DATA.jsonl --out {out_dir}` first)")
+    data = path.read_bytes()
+    lines = data.splitlines(keepends=True)
+    by_id: dict[str, dict] = {}
+    good_end = 0  # byte offset just past the last complete line
+    for lineno, raw in enumerate(lines, 1):
+        try:
+            record = json.loads(raw) if raw.strip() else None
+        except json.JSONDecodeError:
+            if lineno == len(lines):  # the write a kill interrupted
+                print(f"rstar: warning: {path}: dropping an incomplete last line "
+                      f"(the run was stopped while writing it)", file=sys.stderr)
+                break
+            raise DataError(f"{path}: line {lineno} is not valid JSON; the file is damaged") from None
+        if record is not None:
+            by_id[record["id"]] = record
+        good_end += len(raw)
+    if repair:
+        with path.open("r+b") as fh:
+            fh.truncate(good_end)
+            if good_end and not data[:good_end].endswith(b"\n"):
+                fh.seek(good_end)
+                fh.write(b"\n")
+    return list(by_id.values())
+
+
+def summarize(results: Iterable[dict]) -> dict:
+    """Accuracy, pass@k, tokens and the time split over a set of problem results."""
+    results = list(results)
+    n = len(results)
+    graded = [r for r in results if r.get("gold") is not None]
+    out = {
+        "problems": n,
+        "graded": len(graded),
+        "accuracy": (sum(1 for r in graded if r.get("correct")) / len(graded)) if graded else None,
+        "pass_at_k": (sum(1 for r in graded if r.get("pass_at_k")) / len(graded)) if graded else None,
+        "answered": sum(1 for r in results if r.get("answer") is not None),
+        "rollouts": sum(r.get("rollouts", 0) for r in results),
+        "nodes": sum(r.get("nodes", 0) for r in results),
+        "tokens": sum(r.get("tokens", 0) for r in results),
+        "gold_rewards": any(r.get("gold_rewards") for r in results),
+    }
+    t = {"model_s": 0.0, "sandbox_s": 0.0, "other_s": 0.0, "total_s": 0.0}
+    for r in results:
+        for k in t:
+            t[k] += float(r.get("time", {}).get(k, 0.0))
+    out["time"] = {k: round(v, 3) for k, v in t.items()}
+    return out
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"problems: {s['problems']}  answered: {s['answered']}"]
+    if s["graded"]:
+        acc = f"accuracy: {100 * s['accuracy']:.1f}% ({s['graded']} graded)"
+        if s.get("gold_rewards"):
+            acc += " [search rewarded by gold answers: the selected answer is oracle-guided; use --reward none for a blind figure]"
+        lines.append(acc)
+        lines.append(f"pass@k (any terminal answer correct): {100 * s['pass_at_k']:.1f}%")
+    lines.append(f"rollouts: {s['rollouts']}  nodes: {s['nodes']}  tokens: {s['tokens']}")
+    t = s["time"]
+    total = t["total_s"] or 1e-9
+    lines.append(
+        f"time: {t['total_s']:.1f}s  model {100 * t['model_s'] / total:.0f}%  "
+        f"sandbox {100 * t['sandbox_s'] / total:.0f}%  other {100 * t['other_s'] / total:.0f}%")
+    return "\n".join(lines)
