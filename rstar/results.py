@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from rstar.errors import DataError
-from rstar.search.mcts import Problem
 
 RESULTS_FILE = "results.jsonl"
 CONFIG_FILE = "run.json"
+
+
+@dataclass
+class Problem:
+    """One dataset item: the question, and the gold answer when it is known."""
+
+    id: str
+    question: str
+    gold: str | None = None
 
 
 @dataclass

@@ -25,17 +25,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from rstar import grader
+from rstar.results import Problem
 from rstar.search.config import SearchConfig
 from rstar.tree import INVALID, TERMINAL, UCT, Forest
-
-
-@dataclass
-class Problem:
-    """One dataset item: the question, and the gold answer when it is known."""
-
-    id: str
-    question: str
-    gold: str | None = None
 
 
 class StepInfo:
