@@ -270,11 +270,11 @@ class MCTS:
             info.kind = "invalid"
             info.reason = res.error or res.status
         else:
-            # Tolerated error (rStar's errors_threshold): the model sees the error and may
-            # fix it in the next step; the failing code stays out of the program.
-            info.kind = "code"  # a failed final step is not an ending: the model gets to fix it
+            # Tolerated error (rStar's errors_threshold): the node survives and may be
+            # expanded, but its failing code stays out of the program of the path; one more
+            # failing step in a row reaches the threshold. A failed final step is not an ending.
+            info.kind = "code"
             info.output = res.error or res.status
-            info.shown = info.text + t.output_block(info.output)
 
     def _score(self, info: StepInfo, gold: str | None) -> float:
         """Terminal reward: +1/-1 against the gold answer; 0 when no gold is used; -1 for no answer."""

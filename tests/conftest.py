@@ -1,0 +1,34 @@
+"""Shared fixtures. Components are real: Docker containers, model files, servers.
+
+Where a real component is missing, a test skips with the command that provides
+it, except in CI (CI=true), where a missing component is a failure: CI must run
+every test, so a missing install step cannot hide behind a skip.
+"""
+
+import os
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def need(what: str, fix: str):
+    """Skip locally, fail in CI, naming the command that provides `what`."""
+    message = f"{what} is not available: {fix}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def sandbox_pool():
+    """One warm pool of sandbox containers for the whole session."""
+    from rstar.errors import SandboxUnavailable
+    from rstar.sandbox import SandboxPool
+
+    try:
+        pool = SandboxPool(size=2)
+    except SandboxUnavailable as exc:
+        need("the Docker sandbox", str(exc))
+    with pool:
+        yield pool
