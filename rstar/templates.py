@@ -366,6 +366,9 @@ class DefaultTemplate(StepTemplate):
         m = re.search(r"(?:\bis\b|:|=)\s*(.+)$", line)
         if m and re.search(r"[A-Za-z]{3,}", line[: m.start()] or ""):
             line = m.group(1).strip().rstrip(".")
+        # a sentence ("Natalia sold 72 clips in total.") -> its last number
+        if re.search(r"[A-Za-z]{3,}", line) and not re.search(r"\\|sqrt|\bpi\b|frac|\boo\b|\binf\b", line):
+            line = extract_answer(line) or line
         return line or None
 
 
