@@ -1,0 +1,586 @@
+// rstar tree core: the rules that move the numbers. See forest.hpp for the
+// layout and the exact formulas; rstar/reference.py mirrors every floating
+// point operation here in the same order (tests compare them bit for bit).
+#include "forest.hpp"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+#include <stdexcept>
+
+namespace rstar {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+std::string id_str(int64_t id) { return std::to_string(id); }
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+constexpr float kNaNf = std::numeric_limits<float>::quiet_NaN();
+
+}  // namespace
+
+template <class T>
+void Column<T>::reserve(size_t cap, size_t used) {
+  const size_t bytes = cap * sizeof(T);
+  if (buf.use_count() == 1) {
+    // No view shares this buffer: grow it in place.
+    void* d = std::realloc(buf->data, bytes);
+    if (d == nullptr) throw std::bad_alloc();
+    buf->data = d;
+    buf->bytes = bytes;
+  } else {
+    // A numpy view still points at the old buffer: leave it to the view.
+    auto nb = std::make_shared<Buffer>();
+    nb->data = std::malloc(bytes);
+    if (nb->data == nullptr) throw std::bad_alloc();
+    nb->bytes = bytes;
+    if (used) std::memcpy(nb->data, buf->data, used * sizeof(T));
+    buf = std::move(nb);
+  }
+  p = static_cast<T*>(buf->data);
+}
+
+template struct Column<int32_t>;
+template struct Column<uint16_t>;
+template struct Column<uint8_t>;
+template struct Column<double>;
+template struct Column<float>;
+
+Forest::Forest(double virtual_loss) : vl_(virtual_loss) {
+  if (!std::isfinite(virtual_loss) || virtual_loss < 0)
+    fail("virtual_loss must be a finite number >= 0, got " + std::to_string(virtual_loss));
+}
+
+void Forest::grow(int64_t extra) {
+  const int64_t need = size_ + extra;
+  if (extra < 0 || need > MAX_NODES)
+    fail("the arena would exceed " + id_str(MAX_NODES) + " nodes (ids are int32)");
+  if (static_cast<size_t>(need) <= cap_) return;
+  size_t cap = std::max<size_t>({static_cast<size_t>(need), cap_ * 2, size_t(1024)});
+  cap = std::min<size_t>(cap, static_cast<size_t>(MAX_NODES));
+  const size_t used = static_cast<size_t>(size_);
+  parent.reserve(cap, used);
+  first_child.reserve(cap, used);
+  num_children.reserve(cap, used);
+  depth.reserve(cap, used);
+  flags.reserve(cap, used);
+  visits.reserve(cap, used);
+  in_flight.reserve(cap, used);
+  value_sum.reserve(cap, used);
+  prior.reserve(cap, used);
+  reward_min.reserve(cap, used);
+  reward_sum.reserve(cap, used);
+  reward_count.reserve(cap, used);
+  q_backed.reserve(cap, used);
+  cap_ = cap;
+}
+
+void Forest::init_node(int64_t id, int32_t par, uint16_t dep, float pri) {
+  parent[id] = par;
+  first_child[id] = NO_PARENT;
+  num_children[id] = 0;
+  depth[id] = dep;
+  flags[id] = 0;
+  visits[id] = 0;
+  in_flight[id] = 0;
+  value_sum[id] = 0.0;
+  prior[id] = pri;
+  reward_min[id] = std::numeric_limits<float>::infinity();
+  reward_sum[id] = 0.0f;
+  reward_count[id] = 0;
+  q_backed[id] = kNaNf;
+}
+
+void Forest::check_id(int64_t id, const char* what) const {
+  if (id < 0 || id >= size_)
+    fail(std::string(what) + ": node id " + id_str(id) + " is out of range (this forest has " +
+         id_str(size_) + " nodes)");
+}
+
+void Forest::check_root(int64_t id, const char* what) const {
+  check_id(id, what);
+  if (parent[id] != NO_PARENT)
+    fail(std::string(what) + ": node " + id_str(id) + " is not a root");
+}
+
+void Forest::check_params(const RuleParams& p) {
+  if (p.rule != UCT && p.rule != PUCT && p.rule != MCTSR)
+    fail("rule must be UCT (0), PUCT (1) or MCTSR (2), got " + std::to_string(p.rule));
+  if (!std::isfinite(p.c) || p.c < 0) fail("c must be a finite number >= 0, got " + std::to_string(p.c));
+  if (std::isnan(p.first_play)) fail("first_play must not be NaN");
+  if (!std::isfinite(p.eps) || p.eps <= 0) fail("eps must be a finite number > 0, got " + std::to_string(p.eps));
+}
+
+const RuleParams& Forest::params_of_root(int32_t root) const {
+  auto it = rules_.find(root);
+  if (it == rules_.end()) fail("internal: no rule recorded for root " + id_str(root));
+  return it->second;
+}
+
+// ---------------------------------------------------------------- roots, rules
+
+std::vector<int64_t> Forest::create_roots(int64_t n, const RuleParams& params) {
+  if (n < 0) fail("create_roots: n must be >= 0, got " + id_str(n));
+  check_params(params);
+  grow(n);
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = size_ + i;
+    init_node(id, NO_PARENT, 0, 1.0f);
+    rules_[static_cast<int32_t>(id)] = params;
+    out[static_cast<size_t>(i)] = id;
+  }
+  size_ += n;
+  return out;
+}
+
+void Forest::set_rule(const std::vector<int64_t>& roots, const RuleParams& params) {
+  check_params(params);
+  for (int64_t r : roots) check_root(r, "set_rule");
+  for (int64_t r : roots) rules_[static_cast<int32_t>(r)] = params;
+}
+
+RuleParams Forest::get_rule(int64_t root) const {
+  check_root(root, "get_rule");
+  return params_of_root(static_cast<int32_t>(root));
+}
+
+// ---------------------------------------------------------------- select
+
+// One descent from `root` by the rule; no state is changed. Returns false when
+// some node on the way has no eligible child (or the root is a leaf in flight).
+bool Forest::descend(int32_t root, const RuleParams& rp, int32_t& leaf) const {
+  int32_t node = root;
+  const double c = rp.c;
+  const double vl = vl_;
+  while (num_children[node] > 0) {
+    const int32_t first = first_child[node];
+    const int32_t end = first + static_cast<int32_t>(num_children[node]);
+    const double np = static_cast<double>(static_cast<int64_t>(visits[node]) + in_flight[node]);
+    int32_t best = -1;
+    double best_score = 0.0;
+    // The three rules share the eligibility test and the tie rule (strict >,
+    // so the lowest index wins); a score of +inf cannot be beaten.
+#define RSTAR_ELIGIBLE(ch) \
+  ((flags[ch] & DEAD) == 0 && !(num_children[ch] == 0 && in_flight[ch] > 0))
+#define RSTAR_TAKE(ch, s)                        \
+  if (best < 0 || (s) > best_score) {            \
+    best = (ch);                                 \
+    best_score = (s);                            \
+    if (best_score == kInf) break;               \
+  }
+    if (rp.rule == UCT) {
+      const double log_np = std::log(np > 1.0 ? np : 1.0);
+      for (int32_t ch = first; ch < end; ++ch) {
+        if (!RSTAR_ELIGIBLE(ch)) continue;
+        const int64_t f = in_flight[ch];
+        const int64_t n = visits[ch] + f;
+        double s;
+        if (n == 0) {
+          s = rp.first_play;
+        } else {
+          const double nd = static_cast<double>(n);
+          const double q = (value_sum[ch] - vl * static_cast<double>(f)) / nd;
+          s = q + c * std::sqrt(log_np / nd);
+        }
+        RSTAR_TAKE(ch, s)
+      }
+    } else if (rp.rule == PUCT) {
+      const double sqrt_np = std::sqrt(np);
+      for (int32_t ch = first; ch < end; ++ch) {
+        if (!RSTAR_ELIGIBLE(ch)) continue;
+        const int64_t f = in_flight[ch];
+        const int64_t n = visits[ch] + f;
+        const double nd = static_cast<double>(n);
+        const double q = n == 0 ? rp.first_play : (value_sum[ch] - vl * static_cast<double>(f)) / nd;
+        const double s = q + c * static_cast<double>(prior[ch]) * sqrt_np / (1.0 + nd);
+        RSTAR_TAKE(ch, s)
+      }
+    } else {  // MCTSR
+      const double log_np1 = std::log(np + 1.0);
+      for (int32_t ch = first; ch < end; ++ch) {
+        if (!RSTAR_ELIGIBLE(ch)) continue;
+        const float qf = q_backed[ch];
+        double s;
+        if (std::isnan(qf)) {
+          s = rp.first_play;
+        } else {
+          const double nd = static_cast<double>(static_cast<int64_t>(visits[ch]) + in_flight[ch]);
+          s = static_cast<double>(qf) + c * std::sqrt(log_np1 / (nd + rp.eps));
+        }
+        RSTAR_TAKE(ch, s)
+      }
+    }
+#undef RSTAR_ELIGIBLE
+#undef RSTAR_TAKE
+    if (best < 0) return false;
+    node = best;
+  }
+  if (in_flight[node] > 0) return false;
+  leaf = node;
+  return true;
+}
+
+void Forest::select(const std::vector<int64_t>& roots, int64_t k, const RuleOverride* ov,
+                    std::vector<int64_t>& leaves, std::vector<int64_t>& owner) {
+  if (k < 0) fail("select: k must be >= 0, got " + id_str(k));
+  for (int64_t r : roots) {
+    check_root(r, "select");
+    if (flags[r] & TERMINAL) fail("select: root " + id_str(r) + " is terminal (its whole tree is finished)");
+    if (flags[r] & INVALID) fail("select: root " + id_str(r) + " is invalid");
+    if (ov) check_params(ov->apply(params_of_root(static_cast<int32_t>(r))));
+  }
+  leaves.reserve(leaves.size() + roots.size() * static_cast<size_t>(std::min<int64_t>(k, 64)));
+  for (size_t i = 0; i < roots.size(); ++i) {
+    const int32_t r = static_cast<int32_t>(roots[i]);
+    const RuleParams rp = ov ? ov->apply(params_of_root(r)) : params_of_root(r);
+    for (int64_t j = 0; j < k; ++j) {
+      int32_t leaf;
+      if (!descend(r, rp, leaf)) break;  // nothing changed: the next try would fail too
+      for (int32_t n = leaf; n != NO_PARENT; n = parent[n]) ++in_flight[n];
+      flags[leaf] |= PENDING;
+      leaves.push_back(leaf);
+      owner.push_back(static_cast<int64_t>(i));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- expand
+
+std::vector<int64_t> Forest::expand(const std::vector<int64_t>& leaves, const std::vector<int64_t>& counts,
+                                    const std::vector<double>* priors) {
+  if (leaves.size() != counts.size())
+    fail("expand: leaves and counts differ in length (" + std::to_string(leaves.size()) + " vs " +
+         std::to_string(counts.size()) + ")");
+  int64_t total = 0;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const int64_t id = leaves[i];
+    check_id(id, "expand");
+    const int64_t cnt = counts[i];
+    if (cnt < 0) fail("expand: counts[" + std::to_string(i) + "] is negative (" + id_str(cnt) + ")");
+    if (cnt > MAX_CHILDREN)
+      fail("expand: counts[" + std::to_string(i) + "] = " + id_str(cnt) + " exceeds " + id_str(MAX_CHILDREN));
+    if (flags[id] & EXPANDED) fail("expand: node " + id_str(id) + " is already expanded");
+    if (flags[id] & TERMINAL) fail("expand: node " + id_str(id) + " is terminal");
+    if (flags[id] & INVALID) fail("expand: node " + id_str(id) + " is invalid");
+    if (cnt > 0 && depth[id] >= MAX_DEPTH)
+      fail("expand: node " + id_str(id) + " is at the maximum depth " + id_str(MAX_DEPTH));
+    total += cnt;
+  }
+  // Duplicates (marked with a scratch bit that is always cleared again).
+  size_t dup = leaves.size();
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    if (flags[leaves[i]] & SCRATCH) { dup = i; break; }
+    flags[leaves[i]] |= SCRATCH;
+  }
+  for (size_t i = 0; i < dup; ++i) flags[leaves[i]] &= static_cast<uint8_t>(~SCRATCH);
+  if (dup != leaves.size()) fail("expand: node " + id_str(leaves[dup]) + " appears twice in leaves");
+  if (priors) {
+    if (static_cast<int64_t>(priors->size()) != total)
+      fail("expand: priors has length " + std::to_string(priors->size()) + " but counts sum to " + id_str(total));
+    for (size_t j = 0; j < priors->size(); ++j) {
+      const double p = (*priors)[j];
+      if (!std::isfinite(p) || p < 0 || p > static_cast<double>(FLT_MAX))
+        fail("expand: priors[" + std::to_string(j) + "] = " + std::to_string(p) +
+             " is not a finite number in [0, FLT_MAX]");
+    }
+  }
+  grow(total);
+  std::vector<int64_t> out(static_cast<size_t>(total));
+  int64_t next = size_;
+  size_t j = 0;
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    const int64_t cnt = counts[i];
+    if (cnt == 0) continue;
+    const int64_t id = leaves[i];
+    first_child[id] = static_cast<int32_t>(next);
+    num_children[id] = static_cast<uint16_t>(cnt);
+    flags[id] |= EXPANDED;
+    const uint16_t dep = static_cast<uint16_t>(depth[id] + 1);
+    const float uniform = static_cast<float>(1.0 / static_cast<double>(cnt));
+    for (int64_t c = 0; c < cnt; ++c, ++j, ++next) {
+      const float pri = priors ? static_cast<float>((*priors)[j]) : uniform;
+      init_node(next, static_cast<int32_t>(id), dep, pri);
+      out[j] = next;
+    }
+  }
+  size_ = next;
+  return out;
+}
+
+// ---------------------------------------------------------------- backprop, cancel
+
+void Forest::check_pending(const std::vector<int64_t>& leaves, const char* what) {
+  for (int64_t id : leaves) {
+    check_id(id, what);
+    if (!(flags[id] & PENDING))
+      fail(std::string(what) + ": node " + id_str(id) +
+           " has no selection in flight (it was not returned by select, or was already backed up or cancelled)");
+  }
+  size_t dup = leaves.size();
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    if (flags[leaves[i]] & SCRATCH) { dup = i; break; }
+    flags[leaves[i]] |= SCRATCH;
+  }
+  for (size_t i = 0; i < dup; ++i) flags[leaves[i]] &= static_cast<uint8_t>(~SCRATCH);
+  if (dup != leaves.size()) fail(std::string(what) + ": node " + id_str(leaves[dup]) + " appears twice in leaves");
+}
+
+void Forest::backprop(const std::vector<int64_t>& leaves, const std::vector<double>& values) {
+  if (leaves.size() != values.size())
+    fail("backprop: leaves and values differ in length (" + std::to_string(leaves.size()) + " vs " +
+         std::to_string(values.size()) + ")");
+  for (size_t i = 0; i < values.size(); ++i)
+    if (!std::isfinite(values[i]))
+      fail("backprop: values[" + std::to_string(i) + "] = " + std::to_string(values[i]) + " is not finite");
+  check_pending(leaves, "backprop");
+  for (size_t i = 0; i < leaves.size(); ++i) {
+    int32_t n = static_cast<int32_t>(leaves[i]);
+    const double v = values[i];
+    flags[n] &= static_cast<uint8_t>(~PENDING);
+    for (; n != NO_PARENT; n = parent[n]) {
+      ++visits[n];
+      value_sum[n] += v;
+      --in_flight[n];
+    }
+  }
+}
+
+void Forest::cancel(const std::vector<int64_t>& leaves) {
+  check_pending(leaves, "cancel");
+  for (int64_t id : leaves) {
+    int32_t n = static_cast<int32_t>(id);
+    flags[n] &= static_cast<uint8_t>(~PENDING);
+    for (; n != NO_PARENT; n = parent[n]) --in_flight[n];
+  }
+}
+
+// ---------------------------------------------------------------- terminal / invalid
+
+void Forest::propagate_dead(int32_t node) {
+  for (int32_t p = parent[node]; p != NO_PARENT; p = parent[p]) {
+    if (flags[p] & DEAD) break;
+    const int32_t end = first_child[p] + static_cast<int32_t>(num_children[p]);
+    for (int32_t ch = first_child[p]; ch < end; ++ch)
+      if (!(flags[ch] & DEAD)) return;
+    flags[p] |= TERMINAL;
+  }
+}
+
+void Forest::mark(const std::vector<int64_t>& nodes, uint8_t flag) {
+  const char* what = flag == TERMINAL ? "mark_terminal" : "mark_invalid";
+  for (int64_t id : nodes) check_id(id, what);
+  for (int64_t id : nodes) {
+    flags[id] |= flag;
+    propagate_dead(static_cast<int32_t>(id));
+  }
+}
+
+// ---------------------------------------------------------------- MCTSr rewards
+
+void Forest::refresh_q(int32_t node) {
+  for (int32_t n = node; n != NO_PARENT; n = parent[n]) {
+    const bool has_own = reward_count[n] > 0;
+    double own = 0.0;
+    if (has_own)
+      own = 0.5 * (static_cast<double>(reward_min[n]) +
+                   static_cast<double>(reward_sum[n]) / static_cast<double>(reward_count[n]));
+    bool has_best = false;
+    double best = 0.0;
+    const int32_t end = first_child[n] + static_cast<int32_t>(num_children[n]);
+    for (int32_t ch = first_child[n]; ch < end; ++ch) {
+      const float qf = q_backed[ch];
+      if (std::isnan(qf)) continue;
+      const double qc = static_cast<double>(qf);
+      if (!has_best || qc > best) {
+        best = qc;
+        has_best = true;
+      }
+    }
+    double q;
+    if (has_own && has_best) q = 0.5 * (own + best);
+    else if (has_own) q = own;
+    else if (has_best) q = best;
+    else q = std::numeric_limits<double>::quiet_NaN();
+    q_backed[n] = static_cast<float>(q);
+  }
+}
+
+void Forest::add_rewards(const std::vector<int64_t>& nodes, const std::vector<double>& rewards) {
+  if (nodes.size() != rewards.size())
+    fail("add_rewards: nodes and rewards differ in length (" + std::to_string(nodes.size()) + " vs " +
+         std::to_string(rewards.size()) + ")");
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    check_id(nodes[i], "add_rewards");
+    const double r = rewards[i];
+    if (!std::isfinite(r) || std::fabs(r) > MAX_ABS_REWARD)
+      fail("add_rewards: rewards[" + std::to_string(i) + "] = " + std::to_string(r) +
+           " is not a finite number in [-1e30, 1e30]");
+  }
+  std::vector<int64_t> sorted(nodes);
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size();) {
+    size_t j = i;
+    while (j < sorted.size() && sorted[j] == sorted[i]) ++j;
+    if (static_cast<int64_t>(reward_count[sorted[i]]) + static_cast<int64_t>(j - i) > MAX_REWARDS)
+      fail("add_rewards: node " + id_str(sorted[i]) + " would hold more than " + id_str(MAX_REWARDS) +
+           " reward samples");
+    i = j;
+  }
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const int64_t id = nodes[i];
+    const float rf = static_cast<float>(rewards[i]);
+    if (rf < reward_min[id]) reward_min[id] = rf;
+    reward_sum[id] = reward_sum[id] + rf;
+    ++reward_count[id];
+    refresh_q(static_cast<int32_t>(id));
+  }
+}
+
+// ---------------------------------------------------------------- reads
+
+std::vector<int64_t> Forest::children(int64_t node) const {
+  check_id(node, "children");
+  std::vector<int64_t> out(num_children[node]);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = first_child[node] + static_cast<int64_t>(i);
+  return out;
+}
+
+std::vector<int64_t> Forest::path(int64_t node) const {
+  check_id(node, "path");
+  std::vector<int64_t> out;
+  out.reserve(static_cast<size_t>(depth[node]) + 1);
+  for (int32_t n = static_cast<int32_t>(node); n != NO_PARENT; n = parent[n]) out.push_back(n);
+  std::reverse(out.begin(), out.end());
+  return out;
+}
+
+std::vector<int64_t> Forest::root_of(const std::vector<int64_t>& nodes) const {
+  for (int64_t id : nodes) check_id(id, "root_of");
+  std::vector<int64_t> out(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    int32_t n = static_cast<int32_t>(nodes[i]);
+    while (parent[n] != NO_PARENT) n = parent[n];
+    out[i] = n;
+  }
+  return out;
+}
+
+std::vector<double> Forest::q(const std::vector<int64_t>& nodes) const {
+  for (int64_t id : nodes) check_id(id, "q");
+  std::vector<double> out(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const int64_t id = nodes[i];
+    out[i] = visits[id] > 0 ? value_sum[id] / static_cast<double>(visits[id])
+                            : std::numeric_limits<double>::quiet_NaN();
+  }
+  return out;
+}
+
+int64_t Forest::best_child(int64_t node, bool by_q) const {
+  check_id(node, "best_child");
+  int32_t root = static_cast<int32_t>(node);
+  while (parent[root] != NO_PARENT) root = parent[root];
+  const bool mcts_r = params_of_root(root).rule == MCTSR;
+  int64_t best = -1;
+  double best_v = 0.0;
+  const int32_t end = first_child[node] + static_cast<int32_t>(num_children[node]);
+  for (int32_t ch = first_child[node]; ch < end; ++ch) {
+    if (flags[ch] & INVALID) continue;
+    double v;
+    if (!by_q) {
+      v = static_cast<double>(visits[ch]);
+    } else if (mcts_r) {
+      if (std::isnan(q_backed[ch])) continue;
+      v = static_cast<double>(q_backed[ch]);
+    } else {
+      if (visits[ch] == 0) continue;
+      v = value_sum[ch] / static_cast<double>(visits[ch]);
+    }
+    if (best < 0 || v > best_v) {
+      best = ch;
+      best_v = v;
+    }
+  }
+  return best;
+}
+
+std::vector<int64_t> Forest::subtree(int64_t root) const {
+  check_root(root, "export_tree");
+  std::vector<int64_t> order;
+  order.push_back(root);
+  for (size_t i = 0; i < order.size(); ++i) {
+    const int64_t n = order[i];
+    const int64_t end = first_child[n] + static_cast<int64_t>(num_children[n]);
+    for (int64_t ch = first_child[n]; ch < end; ++ch) order.push_back(ch);
+  }
+  return order;
+}
+
+// ---------------------------------------------------------------- import
+
+int64_t Forest::import_tree(const TreeArrays& a) {
+  const int64_t n = a.n;
+  if (n < 1) fail("import_tree: the tree has no nodes");
+  check_params(a.params);
+  if (a.parent[0] != NO_PARENT) fail("import_tree: parent[0] must be -1 (node 0 is the root)");
+  if (a.depth[0] != 0) fail("import_tree: depth[0] must be 0");
+  // Expected children ranges from the parent column.
+  std::vector<int64_t> first(static_cast<size_t>(n), -1), count(static_cast<size_t>(n), 0);
+  for (int64_t i = 1; i < n; ++i) {
+    const int64_t p = a.parent[i];
+    if (p < 0 || p >= i)
+      fail("import_tree: parent[" + id_str(i) + "] = " + id_str(p) + " must lie in [0, " + id_str(i) + ")");
+    if (first[p] < 0) first[p] = i;
+    if (i - first[p] != count[p])
+      fail("import_tree: the children of node " + id_str(p) + " are not contiguous");
+    ++count[p];
+    if (a.depth[i] != a.depth[p] + 1)
+      fail("import_tree: depth[" + id_str(i) + "] must be depth[parent] + 1");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string at = "[" + id_str(i) + "]";
+    if (a.num_children[i] != count[i])
+      fail("import_tree: num_children" + at + " = " + id_str(a.num_children[i]) + " but the parent column gives " +
+           id_str(count[i]));
+    if (a.first_child[i] != (count[i] ? first[i] : -1))
+      fail("import_tree: first_child" + at + " = " + id_str(a.first_child[i]) + " disagrees with the parent column");
+    if (a.flags[i] & ~EXPORTED_FLAGS) fail("import_tree: flags" + at + " has unknown bits");
+    if (((a.flags[i] & EXPANDED) != 0) != (count[i] > 0))
+      fail("import_tree: flags" + at + ": EXPANDED must be set exactly when the node has children");
+    if (a.visits[i] < 0) fail("import_tree: visits" + at + " is negative");
+    if (!std::isfinite(a.value_sum[i])) fail("import_tree: value_sum" + at + " is not finite");
+    if (!std::isfinite(a.prior[i]) || a.prior[i] < 0) fail("import_tree: prior" + at + " is not finite and >= 0");
+    if (a.reward_count[i] > 0 && (!std::isfinite(a.reward_min[i]) || !std::isfinite(a.reward_sum[i])))
+      fail("import_tree: reward_min/reward_sum" + at + " are not finite");
+    if (std::isinf(a.q_backed[i])) fail("import_tree: q_backed" + at + " is infinite");
+  }
+  const int64_t base = size_;
+  grow(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t id = base + i;
+    parent[id] = i == 0 ? NO_PARENT : static_cast<int32_t>(base + a.parent[i]);
+    first_child[id] = a.first_child[i] < 0 ? NO_PARENT : static_cast<int32_t>(base + a.first_child[i]);
+    num_children[id] = a.num_children[i];
+    depth[id] = a.depth[i];
+    flags[id] = a.flags[i];
+    visits[id] = a.visits[i];
+    in_flight[id] = 0;
+    value_sum[id] = a.value_sum[i];
+    prior[id] = a.prior[i];
+    reward_min[id] = a.reward_min[i];
+    reward_sum[id] = a.reward_sum[i];
+    reward_count[id] = a.reward_count[i];
+    q_backed[id] = a.q_backed[i];
+  }
+  size_ += n;
+  rules_[static_cast<int32_t>(base)] = a.params;
+  return base;
+}
+
+}  // namespace rstar
