@@ -1,0 +1,144 @@
+"""Property test: random operation sequences give identical results in the C++
+core and the pure-Python reference (selections, ids, and every column, bit for
+bit), including which calls are refused."""
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rstar import reference
+from rstar.tree import FIELDS, MCTSR, PENDING, PUCT, UCT, Forest
+
+RULES = [UCT, PUCT, MCTSR]
+VALUES = st.one_of(st.sampled_from([-1.0, 0.0, 0.5, 1.0]), st.floats(-1, 1, allow_nan=False))
+REWARDS = st.one_of(st.integers(-100, 100).map(float), st.floats(-100, 100, allow_nan=False))
+
+
+def same_call(core_fn, ref_fn):
+    """Run both; either both raise ValueError or both return equal results."""
+    core_err = ref_err = None
+    core_out = ref_out = None
+    try:
+        core_out = core_fn()
+    except ValueError as e:
+        core_err = e
+    try:
+        ref_out = ref_fn()
+    except ValueError as e:
+        ref_err = e
+    assert (core_err is None) == (ref_err is None), (core_err, ref_err)
+    if core_err is None:
+        if isinstance(core_out, tuple):
+            assert [np.asarray(x).tolist() for x in core_out] == [list(x) for x in ref_out]
+        elif core_out is not None:
+            assert np.asarray(core_out).tolist() == list(ref_out)
+    return core_out, core_err is None
+
+
+def assert_same_state(core, ref):
+    state = ref.state()
+    assert core.num_nodes == ref.num_nodes
+    for name in FIELDS:
+        got, want = core.view(name), state[name]
+        assert got.dtype == want.dtype, name
+        if got.dtype.kind == "f":
+            # bit for bit, NaN included (any NaN payload counts as NaN)
+            nan = np.isnan(got)
+            assert np.array_equal(nan, np.isnan(want)), name
+            assert np.array_equal(got[~nan].view(f"u{got.itemsize}"), want[~nan].view(f"u{got.itemsize}")), name
+        else:
+            assert np.array_equal(got, want), name
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.data())
+def test_random_operations_match_reference(data):
+    vl = data.draw(st.sampled_from([0.0, 1.0, 2.5]), label="virtual_loss")
+    core, ref = Forest(vl), reference.Forest(vl)
+    roots: list[int] = []
+
+    def pending():
+        return np.flatnonzero(core.view("flags") & PENDING).tolist()
+
+    def some_nodes(min_size=0, max_size=4):
+        n = core.num_nodes
+        ids = st.integers(0, max(n - 1, 0)) if n else st.just(0)
+        ids = st.one_of(ids, st.sampled_from([-1, n, n + 7])) if data.draw(st.booleans()) and n else ids
+        return data.draw(st.lists(ids, min_size=min_size, max_size=max_size))
+
+    for _ in range(data.draw(st.integers(1, 30), label="n_ops")):
+        op = data.draw(
+            st.sampled_from(
+                ["create", "cycle", "cycle", "cycle", "select", "expand", "backprop", "cancel",
+                 "terminal", "invalid", "rewards", "set_rule"]
+            )
+        )
+        if op == "create" or not roots:
+            n = data.draw(st.integers(1, 3))
+            rule = data.draw(st.sampled_from(RULES))
+            c = data.draw(st.sampled_from([None, 0.0, 0.5, 2.0]))
+            fp = data.draw(st.sampled_from([None, 0.0, -1.0, math.inf, -math.inf]))
+            eps = data.draw(st.sampled_from([1e-5, 0.1]))
+            out, ok = same_call(lambda: core.create_roots(n, rule, c, fp, eps),
+                                lambda: ref.create_roots(n, rule, c, fp, eps))
+            roots += out.tolist()
+        elif op == "set_rule":
+            r = data.draw(st.sampled_from(roots))
+            rule = data.draw(st.sampled_from(RULES))
+            fp = data.draw(st.sampled_from([None, 0.0, math.inf]))
+            same_call(lambda: core.set_rule([r], rule, None, fp), lambda: ref.set_rule([r], rule, None, fp))
+        elif op == "cycle":
+            # one search step over every live root: select k, expand, back up
+            live = [r for r in roots if not core.view("flags")[r] & 6]
+            if not live:
+                continue
+            k = data.draw(st.integers(1, 4))
+            (leaves, owner), ok = same_call(lambda: core.select(live, k), lambda: ref.select(live, k))
+            leaves = leaves.tolist()
+            unexp = [x for x in leaves if core.view("num_children")[x] == 0 and not core.view("flags")[x] & 7]
+            counts = data.draw(st.lists(st.integers(0, 4), min_size=len(unexp), max_size=len(unexp)))
+            use_priors = data.draw(st.booleans())
+            priors = data.draw(st.lists(st.floats(0, 2), min_size=sum(counts), max_size=sum(counts))) if use_priors else None
+            same_call(lambda: core.expand(unexp, counts, priors), lambda: ref.expand(unexp, counts, priors))
+            values = data.draw(st.lists(VALUES, min_size=len(leaves), max_size=len(leaves)))
+            same_call(lambda: core.backprop(leaves, values), lambda: ref.backprop(leaves, values))
+        elif op == "select":
+            sel = data.draw(st.lists(st.sampled_from(roots), min_size=1, max_size=3))
+            k = data.draw(st.integers(-1, 5))
+            override = data.draw(st.sampled_from([{}, {"rule": PUCT}, {"c": 0.0}, {"first_play": 0.0}, {"rule": MCTSR, "eps": 0.5}]))
+            same_call(lambda: core.select(sel, k, **override), lambda: ref.select(sel, k, **override))
+        elif op == "expand":
+            nodes = data.draw(st.one_of(st.just(pending()[:3]), st.just(some_nodes(1, 3))))
+            counts = data.draw(st.lists(st.integers(-1, 4), min_size=len(nodes), max_size=len(nodes)))
+            same_call(lambda: core.expand(nodes, counts), lambda: ref.expand(nodes, counts))
+        elif op in ("backprop", "cancel"):
+            p = pending()
+            nodes = data.draw(st.one_of(st.lists(st.sampled_from(p), max_size=4) if p else st.just([]),
+                                        st.just(some_nodes())))
+            if op == "backprop":
+                values = data.draw(st.lists(st.one_of(VALUES, st.just(math.nan)), min_size=len(nodes), max_size=len(nodes)))
+                same_call(lambda: core.backprop(nodes, values), lambda: ref.backprop(nodes, values))
+            else:
+                same_call(lambda: core.cancel(nodes), lambda: ref.cancel(nodes))
+        elif op in ("terminal", "invalid"):
+            nodes = some_nodes(0, 2)
+            fn = "mark_terminal" if op == "terminal" else "mark_invalid"
+            same_call(lambda: getattr(core, fn)(nodes), lambda: getattr(ref, fn)(nodes))
+        elif op == "rewards":
+            nodes = some_nodes(1, 4)
+            rewards = data.draw(st.lists(REWARDS, min_size=len(nodes), max_size=len(nodes)))
+            same_call(lambda: core.add_rewards(nodes, rewards), lambda: ref.add_rewards(nodes, rewards))
+        assert_same_state(core, ref)
+
+    # reads agree too
+    for node in range(core.num_nodes):
+        assert core.path(node).tolist() == ref.path(node)
+        assert core.children(node).tolist() == ref.children(node)
+        for by in ("visits", "q"):
+            assert core.best_child(node, by) == ref.best_child(node, by)
+    if core.num_nodes:
+        ids = list(range(core.num_nodes))
+        assert core.root_of(ids).tolist() == ref.root_of(ids)
+        np.testing.assert_array_equal(core.q(ids), np.array(ref.q(ids)))
