@@ -123,7 +123,8 @@ def _vm_size() -> int:
 # ---------------------------------------------------------------- the child
 
 
-def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Limits, as_limit: int) -> None:
+def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Limits, as_limit: int,
+           streams: tuple) -> None:
     """Runs in the forked child; never returns (always os._exit)."""
     code = EXIT_INTERNAL
     try:
@@ -136,8 +137,9 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
         # the child must be dumpable for a moment to write its own oom_score_adj.
         _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
         try:
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            os.write(fd, b"1000")
+            os.close(fd)
         except OSError:
             pass
         devnull = os.open("/dev/null", os.O_RDONLY)
@@ -154,15 +156,10 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
         if as_limit > 0:
             resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
-        sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 65536),
-                                      encoding="utf-8", errors="backslashreplace")
-        sys.stderr = io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False), 8192),
-                                      encoding="utf-8", errors="backslashreplace")
+        # Stream objects and random state were prepared by the worker while no child
+        # was alive: allocating here would copy-on-write pages of the worker's heap.
+        sys.stdin, sys.stdout, sys.stderr = streams
         sys.__stdout__, sys.__stderr__, sys.__stdin__ = sys.stdout, sys.stderr, sys.stdin
-        random.seed()
-        if numpy is not None:
-            numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
         gc.enable()
     except BaseException:  # setup failed: report through the exit code only
         os._exit(EXIT_INTERNAL)
@@ -244,6 +241,7 @@ class Worker:
         # a program's address space on top of what the worker already maps
         self.base_vm = _vm_size()
         self.oom_kills = _oom_kill_count() or 0
+        self._prepare_next()
 
     def _oom_killed(self) -> bool:
         """Did the container's memory cgroup OOM-kill something since last asked?"""
@@ -291,7 +289,7 @@ class Worker:
             t0 = time.perf_counter()
             pid = os.fork()
             if pid == 0:
-                _child(chunks, out_fd, err_fd, rep_fd, lim, as_limit)
+                _child(chunks, out_fd, err_fd, rep_fd, lim, as_limit, self.streams)
                 os._exit(EXIT_INTERNAL)  # not reached
             timed_out = False
             try:
@@ -321,10 +319,25 @@ class Worker:
                     time.sleep(0.0005)
             duration = time.perf_counter() - t0
             self._cleanup(pid)
+            self._prepare_next()
             return self._result(req, status, timed_out, duration, out_fd, err_fd, rep_fd)
         finally:
             for fd in (out_fd, err_fd, rep_fd):
                 os.close(fd)
+
+    def _prepare_next(self) -> None:
+        """Fresh stdio objects and random state for the next child, made in the worker
+        (cheap here; in the child every allocation copies pages of the shared heap)."""
+        self.streams = (
+            io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 65536),
+                             encoding="utf-8", errors="backslashreplace"),
+            io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False), 8192),
+                             encoding="utf-8", errors="backslashreplace"),
+        )
+        random.seed()
+        if numpy is not None:
+            numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
 
     def _kill_program(self, pid: int) -> None:
         try:
