@@ -284,6 +284,16 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("leaves"), py::arg("values"))
       .def(
+          "backup",
+          [](Forest& f, py::handle nodes, py::handle values) {
+            auto n = to_ids(nodes, "nodes");
+            auto v = to_floats(values, "values");
+            locked(f, [&] { f.backup(n, v); });
+          },
+          py::arg("nodes"), py::arg("values"),
+          "Add values along the paths of nodes that were never selected (N += 1, W += v up to the\n"
+          "root); virtual loss is untouched. For children scored as they are created.")
+      .def(
           "cancel",
           [](Forest& f, py::handle leaves) {
             auto l = to_ids(leaves, "leaves");

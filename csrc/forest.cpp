@@ -377,6 +377,23 @@ void Forest::cancel(const std::vector<int64_t>& leaves) {
   }
 }
 
+void Forest::backup(const std::vector<int64_t>& nodes, const std::vector<double>& values) {
+  if (nodes.size() != values.size())
+    fail("backup: nodes and values differ in length (" + std::to_string(nodes.size()) + " vs " +
+         std::to_string(values.size()) + ")");
+  for (size_t i = 0; i < values.size(); ++i)
+    if (!std::isfinite(values[i]))
+      fail("backup: values[" + std::to_string(i) + "] = " + std::to_string(values[i]) + " is not finite");
+  for (int64_t id : nodes) check_id(id, "backup");
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const double v = values[i];
+    for (int32_t n = static_cast<int32_t>(nodes[i]); n != NO_PARENT; n = parent[n]) {
+      ++visits[n];
+      value_sum[n] += v;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- terminal / invalid
 
 void Forest::propagate_dead(int32_t node) {

@@ -134,6 +134,10 @@ class Forest {
                               const std::vector<double>* priors);
   void backprop(const std::vector<int64_t>& leaves, const std::vector<double>& values);
   void cancel(const std::vector<int64_t>& leaves);
+  // Adds values along the paths of nodes that were never selected (children evaluated as they
+  // are created, e.g. terminal steps found by an expansion): N += 1, W += v up to the root,
+  // virtual loss untouched.
+  void backup(const std::vector<int64_t>& nodes, const std::vector<double>& values);
   void mark(const std::vector<int64_t>& nodes, uint8_t flag);  // TERMINAL or INVALID
   void add_rewards(const std::vector<int64_t>& nodes, const std::vector<double>& rewards);
 

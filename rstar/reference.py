@@ -348,6 +348,23 @@ class Forest:
                 n.in_flight -= 1
                 n = n.parent
 
+    def backup(self, nodes, values) -> None:
+        nodes = _ints(nodes)
+        values = _floats(values)
+        if len(nodes) != len(values):
+            raise ValueError("backup: nodes and values differ in length")
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise ValueError(f"backup: values[{i}] = {v} is not finite")
+        for nid in nodes:
+            self._node(nid, "backup")
+        for nid, v in zip(nodes, values):
+            n = self.nodes[nid]
+            while n is not None:
+                n.visits += 1
+                n.value_sum += v
+                n = n.parent
+
     def cancel(self, leaves) -> None:
         leaves = _ints(leaves)
         self._pending(leaves, "cancel")

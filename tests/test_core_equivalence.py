@@ -72,7 +72,7 @@ def test_random_operations_match_reference(data):
         op = data.draw(
             st.sampled_from(
                 ["create", "cycle", "cycle", "cycle", "select", "expand", "backprop", "cancel",
-                 "terminal", "invalid", "rewards", "set_rule"]
+                 "backup", "terminal", "invalid", "rewards", "set_rule"]
             )
         )
         if op == "create" or not roots:
@@ -122,6 +122,10 @@ def test_random_operations_match_reference(data):
                 same_call(lambda: core.backprop(nodes, values), lambda: ref.backprop(nodes, values))
             else:
                 same_call(lambda: core.cancel(nodes), lambda: ref.cancel(nodes))
+        elif op == "backup":
+            nodes = some_nodes(0, 3)
+            values = data.draw(st.lists(st.one_of(VALUES, st.just(math.inf)), min_size=len(nodes), max_size=len(nodes)))
+            same_call(lambda: core.backup(nodes, values), lambda: ref.backup(nodes, values))
         elif op in ("terminal", "invalid"):
             nodes = some_nodes(0, 2)
             fn = "mark_terminal" if op == "terminal" else "mark_invalid"

@@ -223,3 +223,21 @@ def test_threads_share_a_forest_safely():
     assert not errors
     assert f.view("in_flight").sum() == 0
     assert f.view("visits")[roots].tolist() == [1 + 199 * 2] * 64  # a fresh root yields 1 leaf
+
+
+def test_backup_rejects_bad_input_without_changing_anything():
+    import math
+
+    import pytest
+
+    from rstar.tree import Forest
+
+    f = Forest()
+    root = int(f.create_roots(1)[0])
+    with pytest.raises(ValueError, match="out of range"):
+        f.backup([5], [1.0])
+    with pytest.raises(ValueError, match="differ in length"):
+        f.backup([root], [1.0, 2.0])
+    with pytest.raises(ValueError, match="not finite"):
+        f.backup([root, root], [1.0, math.nan])
+    assert f.view("visits")[root] == 0 and f.view("value_sum")[root] == 0.0

@@ -283,3 +283,20 @@ def test_reads_children_path_best_child_q():
     f.mark_invalid([b])
     assert f.best_child(r, by="q") == a  # invalid children are never the answer
     assert f.best_child(b1) == -1  # no children
+
+
+def test_backup_adds_values_along_the_path_without_touching_virtual_loss():
+    from rstar.tree import Forest
+
+    f = Forest()
+    root = int(f.create_roots(1)[0])
+    leaves, _ = f.select([root], 1)
+    kids = f.expand(leaves, [2])
+    # the search found two terminal children while expanding the selected root: +1 and -1
+    f.backup(kids, [1.0, -1.0])
+    assert f.view("visits")[root] == 2 and f.view("value_sum")[root] == 0.0
+    assert f.view("visits")[kids].tolist() == [1, 1]
+    assert f.view("value_sum")[kids].tolist() == [1.0, -1.0]
+    assert f.view("in_flight")[root] == 1  # the selection is still outstanding
+    f.cancel(leaves)
+    assert f.view("in_flight")[root] == 0 and f.view("visits")[root] == 2
