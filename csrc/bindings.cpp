@@ -28,9 +28,11 @@ auto locked(Forest& f, Fn&& fn) {
   return fn();
 }
 
+// Deliberately leaked: a static py::object would be destroyed by a C++ exit handler after the
+// interpreter has finalized, and crash the process on exit.
 py::module_& numpy() {
-  static py::module_ np = py::module_::import("numpy");
-  return np;
+  static py::module_* np = new py::module_(py::module_::import("numpy"));
+  return *np;
 }
 
 std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }

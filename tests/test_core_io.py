@@ -114,3 +114,4 @@ def test_reference_ids_match_core():
     assert f.create_roots(2).tolist() == ref.create_roots(2)
     assert f.expand([1, 0], [2, 3]).tolist() == ref.expand([1, 0], [2, 3])
     assert f.children(0).tolist() == ref.children(0) == [4, 5, 6]
+

@@ -172,3 +172,23 @@ def test_greedy_preset_is_one_path(sandbox_pool):
     search = MCTS(ScriptedPolicy(by_step(GOOD)), T, sandbox_pool, cfg)
     r = search.solve(Problem("p", "q", "72"))
     assert r["nodes"] == 4 and r["rollouts"] == 1 and r["correct"]
+
+
+def test_a_search_process_exits_cleanly(sandbox_pool):
+    """A static Python object in the core's bindings once crashed every search process at exit."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from test_search import *\n"
+        "from rstar.sandbox import SandboxPool\n"
+        "from rstar.search import preset\n"
+        "with SandboxPool(size=1) as pool:\n"
+        "    r = MCTS(ScriptedPolicy(by_step(GOOD)), T, pool, preset('greedy')).solve(Problem('p', 'q', '72'))\n"
+        "print(r['answer'])\n"
+    ) % str(Path(__file__).parent)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    assert proc.stdout.strip().endswith("72")

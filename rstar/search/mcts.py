@@ -81,7 +81,6 @@ class _Tree:
     terminals: list = field(default_factory=list)
     tokens: int = 0
     time: TimeSplit = field(default_factory=TimeSplit)
-    started: float = field(default_factory=time.perf_counter)
 
 
 class MCTS:
@@ -236,7 +235,8 @@ class MCTS:
             only_terminal = [n for n in terminal if self.info[n].kind != "invalid"]
             if only_terminal:
                 self.forest.mark_terminal(np.array(only_terminal, dtype=np.int64))
-            self.forest.backprop(np.array(terminal, dtype=np.int64), np.array(values, dtype=np.float64))
+            # New children were never selected, so no virtual loss to remove: `backup`, not `backprop`.
+            self.forest.backup(np.array(terminal, dtype=np.int64), np.array(values, dtype=np.float64))
             for n, tree in zip(terminal, ended_in):
                 tree.rollouts += 1
                 if self.info[n].kind != "invalid":
