@@ -130,7 +130,8 @@ def print_solution(result: dict, wall: float) -> None:
         print("No verified solution was found.", file=out)
     for k, step in enumerate(result["solution"], 1):
         print(f"--- step {k} ({step['kind']}) ---", file=out)
-        print(step["text"].rstrip(), file=out)
+        # the step's code carries its reasoning as comments; answer steps (rstar format) have only text
+        print((step["code"] or step["text"]).rstrip(), file=out)
         if step["output"].strip():
             print(f"[output] {step['output'].rstrip()}", file=out)
     print(file=out)
