@@ -40,6 +40,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUME
 import argparse  # noqa: E402
 import builtins  # noqa: E402
 import ctypes  # noqa: E402
+import fcntl  # noqa: E402
 import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -63,14 +64,19 @@ import math  # noqa: E402,F401
 import re  # noqa: E402,F401
 import statistics  # noqa: E402,F401
 
-try:
-    import numpy  # noqa: F401
-except ImportError:  # the worker still works, programs just import slower / fail
-    numpy = None
-try:
-    import sympy
-except ImportError:
-    sympy = None
+# The slim zygote (``--zygote``, see ``Zygote``) must stay small: forking a process
+# with sympy and numpy loaded costs ~3 ms, a bare interpreter ~0.5 ms.
+ZYGOTE_MODE = __name__ == "__main__" and "--zygote" in sys.argv[1:]
+numpy = sympy = None
+if not ZYGOTE_MODE:
+    try:
+        import numpy  # noqa: F401
+    except ImportError:  # the worker still works, programs just import slower / fail
+        numpy = None
+    try:
+        import sympy
+    except ImportError:
+        sympy = None
 
 PROTOCOL = 1
 MAGIC = b"RSW1"
@@ -88,6 +94,8 @@ EXIT_INTERNAL = 70
 
 PR_SET_DUMPABLE = 4
 _libc = ctypes.CDLL(None, use_errno=True)
+if ZYGOTE_MODE:  # nobody may ptrace the zygote or open its /proc files, from the start
+    _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def _warm_up() -> None:
@@ -228,8 +236,53 @@ def _describe(report: dict, exc: BaseException) -> None:
 # --------------------------------------------------------------- the worker
 
 
+# Programs whose text mentions none of these run in the slim tier (forked from the
+# zygote, ~0.5 ms); the rest are forked from this process, where sympy and numpy
+# are loaded (~3 ms). Conservative: anything that may import a heavy library, or
+# import dynamically, goes to the heavy tier. A slim program that imports sympy
+# anyway still works, it only pays for the import.
+HEAVY_RE = re.compile(r"sympy|numpy|scipy|mpmath|pandas|matplotlib|importlib|__import__|\bnp\b|\bsp\b")
+# in the zygote: requests in, statuses out, the stdout/stderr/report memfds, and a
+# control memfd where it records the pid of the program it forked
+ZYGOTE_FDS = (3, 4, 5, 6, 7, 8)
+INT = struct.Struct(">i")
+CTL = struct.Struct(">iii")  # the zygote's control memfd: program pid, status known, wait status
+FORK_FAILED = -1
+_TIMEOUT = object()
+
+
+def _make_streams() -> tuple:
+    """Fresh stdio objects for the next child, made before forking (cheap here; in the
+    child every allocation copies pages of the shared heap)."""
+    return (
+        io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8"),
+        io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 65536),
+                         encoding="utf-8", errors="backslashreplace"),
+        io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False), 8192),
+                         encoding="utf-8", errors="backslashreplace"),
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        data = os.read(fd, n - len(buf))
+        if not data:
+            return None
+        buf += data
+    return buf
+
+
 class Worker:
-    def __init__(self, limits: Limits, in_fd: int, out_fd: int) -> None:
+    def __init__(self, limits: Limits, in_fd: int, out_fd: int, argv: list[str] | None = None,
+                 zygote: bool = True) -> None:
         self.limits = limits
         self.in_fd = in_fd
         self.out_fd = out_fd
@@ -238,9 +291,26 @@ class Worker:
         # where this is the container's init, never as root, and only when asked:
         # run on a host by hand, the worker must not touch anything but its own.
         self.contained = limits.contained and os.getpid() == 1 and os.getuid() != 0
-        # a program's address space on top of what the worker already maps
+        # a program's address space on top of what the worker already maps (the same
+        # absolute limit in both tiers, so that a slim program may still import sympy)
         self.base_vm = _vm_size()
+        self.as_limit = self.base_vm + limits.address_space if limits.address_space > 0 else 0
         self.oom_kills = _oom_kill_count() or 0
+        # captured output: three memfds reused for every program (truncated before each)
+        self.mfds = tuple(os.memfd_create(name, os.MFD_CLOEXEC) for name in ("stdout", "stderr", "report"))
+        self.ctl_fd = os.memfd_create("zygote-ctl", os.MFD_CLOEXEC)
+        self.argv = list(argv or [])
+        self.zygote_wanted = zygote
+        self.zygote: tuple[int, int, int] | None = None  # (pid, request fd, status fd)
+        self.zygote_failures = 0
+        self.zygote_starts = 0
+        self.pids_current = "/sys/fs/cgroup/pids.current"
+        if not os.path.exists(self.pids_current):
+            self.pids_current = "/sys/fs/cgroup/pids/pids.current"  # cgroup v1
+        self._start_zygote()
+        tasks = self._tasks()
+        # tasks in the container with no program around (this process's threads)
+        self.base_tasks = None if tasks is None else tasks - (self.zygote is not None)
         self._prepare_next()
 
     def _oom_killed(self) -> bool:
@@ -269,72 +339,193 @@ class Worker:
 
     def write_frame(self, obj: dict) -> None:
         body = json.dumps(obj, ensure_ascii=False).encode("utf-8", "replace")
-        data = memoryview(HEADER.pack(MAGIC, len(body)) + body)
-        while data:
-            n = os.write(self.out_fd, data)
-            data = data[n:]
+        _write_all(self.out_fd, HEADER.pack(MAGIC, len(body)) + body)
+
+    # the zygote -----------------------------------------------------------
+    def _start_zygote(self) -> None:
+        """Start the slim zygote (a fresh interpreter without sympy/numpy) and wait until
+        it is ready and non-dumpable. Called only while no program is alive."""
+        if not self.zygote_wanted or self.zygote_failures >= 3:
+            return
+        self.zygote_starts += 1
+        req_rd, req_wr = os.pipe()
+        st_rd, st_wr = os.pipe()
+        # sources above any target, so that each dup2 in the child is a real one
+        temps = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+                 for fd in (req_rd, st_wr) + self.mfds + (self.ctl_fd,)]
+        os.close(req_rd)
+        os.close(st_wr)
+        pid = None
+        try:
+            argv = [sys.executable, "-I", os.path.abspath(__file__), "--zygote",
+                    "--as-limit", str(self.as_limit)] + self.argv
+            pid = os.posix_spawn(sys.executable, argv, dict(os.environ),
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, src, dst)
+                                               for src, dst in zip(temps, ZYGOTE_FDS)])
+            r, _, _ = select.select([st_rd], [], [], 30.0)
+            if not r or os.read(st_rd, 1) != b"R":
+                raise OSError("the zygote did not start")
+        except OSError as exc:
+            print(f"worker: slim zygote unavailable: {exc}", file=sys.stderr, flush=True)
+            self.zygote_failures += 1
+            os.close(req_wr)
+            os.close(st_rd)
+            if pid is not None:
+                self._kill_zygote(pid)
+            return
+        finally:
+            for fd in temps:
+                os.close(fd)
+        self.zygote_failures = 0
+        self.zygote = (pid, req_wr, st_rd)
+
+    def _kill_zygote(self, pid: int) -> None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+    def _zygote_lost(self) -> None:
+        """Kill (if needed), reap and forget the zygote; its children become ours."""
+        if self.zygote is None:
+            return
+        pid, req_wr, st_rd = self.zygote
+        self.zygote = None
+        os.close(req_wr)
+        os.close(st_rd)
+        self._kill_zygote(pid)
+
+    def _zygote_status(self, deadline: float):
+        """The wait status the zygote reports; None if it died; _TIMEOUT."""
+        st_rd = self.zygote[2]
+        wait = deadline - time.perf_counter()
+        if wait <= 0:
+            return _TIMEOUT
+        r, _, _ = select.select([st_rd], [], [], wait)
+        if not r:
+            return _TIMEOUT
+        data = _read_exact(st_rd, INT.size)  # written in one piece: never partial
+        return None if data is None else INT.unpack(data)[0]
 
     # one program ----------------------------------------------------------
-    def run(self, req: dict) -> dict:
+    def run(self, req: dict, body: bytes | None = None) -> dict:
         chunks = req.get("chunks")
         if chunks is None:
             chunks = [req.get("code", "")]
+        if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
+            raise ValueError("chunks must be a list of strings")
         timeout = float(req.get("timeout") or self.limits.timeout)
-        lim = self.limits
-        out_fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
-        err_fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
-        rep_fd = os.memfd_create("report", os.MFD_CLOEXEC)
+        for fd in self.mfds:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        outcome = None
+        if self.zygote is not None and not any(HEAVY_RE.search(c) for c in chunks):
+            if body is None or req.get("chunks") is None:
+                body = json.dumps({"chunks": chunks}).encode()
+            outcome = self._run_slim(body, timeout)
+        if outcome is None:  # heavy tier, or the zygote failed before the program ran
+            outcome = self._run_heavy(chunks, timeout)
+        pid, status, timed_out, duration = outcome
+        self._cleanup(pid)
+        self._prepare_next()
+        return self._result(req, chunks, status, timed_out, duration)
+
+    def _run_heavy(self, chunks: list[str], timeout: float) -> tuple:
+        out_fd, err_fd, rep_fd = self.mfds
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            _child(chunks, out_fd, err_fd, rep_fd, self.limits, self.as_limit, self.streams)
+            os._exit(EXIT_INTERNAL)  # not reached
+        timed_out = False
         try:
-            as_limit = self.base_vm + lim.address_space if lim.address_space > 0 else 0
-            t0 = time.perf_counter()
-            pid = os.fork()
-            if pid == 0:
-                _child(chunks, out_fd, err_fd, rep_fd, lim, as_limit, self.streams)
-                os._exit(EXIT_INTERNAL)  # not reached
-            timed_out = False
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+        if pidfd is not None:
             try:
-                pidfd = os.pidfd_open(pid)
-            except OSError:
-                pidfd = None
-            if pidfd is not None:
-                try:
-                    r, _, _ = select.select([pidfd], [], [], timeout)
-                finally:
-                    os.close(pidfd)
-                if not r:
+                r, _, _ = select.select([pidfd], [], [], timeout)
+            finally:
+                os.close(pidfd)
+            if not r:
+                timed_out = True
+                self._kill_program(pid)
+            _, status = os.waitpid(pid, 0)
+        else:  # very old kernel: poll
+            deadline = t0 + timeout
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if time.perf_counter() > deadline:
                     timed_out = True
                     self._kill_program(pid)
-                _, status = os.waitpid(pid, 0)
-            else:  # very old kernel: poll
-                deadline = t0 + timeout
-                while True:
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                    if done:
-                        break
-                    if time.perf_counter() > deadline:
-                        timed_out = True
-                        self._kill_program(pid)
-                        _, status = os.waitpid(pid, 0)
-                        break
-                    time.sleep(0.0005)
-            duration = time.perf_counter() - t0
-            self._cleanup(pid)
-            self._prepare_next()
-            return self._result(req, status, timed_out, duration, out_fd, err_fd, rep_fd)
-        finally:
-            for fd in (out_fd, err_fd, rep_fd):
-                os.close(fd)
+                    _, status = os.waitpid(pid, 0)
+                    break
+                time.sleep(0.0005)
+        return pid, status, timed_out, time.perf_counter() - t0
+
+    def _run_slim(self, body: bytes, timeout: float) -> tuple | None:
+        """Run in a child of the zygote; None when the program did not run (heavy reruns it)."""
+        zpid, req_wr, _ = self.zygote
+        os.pwrite(self.ctl_fd, bytes(CTL.size), 0)
+        t0 = time.perf_counter()
+        try:
+            _write_all(req_wr, INT.pack(len(body)) + body)
+        except OSError:
+            self._zygote_lost()
+            return None
+        deadline = t0 + timeout
+        status = self._zygote_status(deadline)
+        timed_out = False
+        pid = INT.unpack(os.pread(self.ctl_fd, INT.size, 0))[0]  # recorded by the zygote after fork
+        if status is _TIMEOUT:
+            timed_out = True
+            if pid > 0:
+                self._kill_program(pid)
+            try:
+                os.kill(zpid, signal.SIGCONT)  # a program may have stopped it
+            except OSError:
+                pass
+            status = self._zygote_status(time.perf_counter() + 2.0)
+        if status == FORK_FAILED:
+            return None
+        if status is None or status is _TIMEOUT:
+            # The zygote died (or hangs) while the program ran, typically because the
+            # program killed it. Once the zygote is reaped, the program is our child.
+            self._zygote_lost()
+            if pid <= 0:
+                return None  # it never recorded a fork: run the program in the heavy tier
+            status, late = self._adopt(pid, deadline)
+            timed_out = timed_out or late
+            if status is None:  # the zygote reaped it before dying: it recorded the status
+                _, known, recorded = CTL.unpack(os.pread(self.ctl_fd, CTL.size, 0))
+                status = recorded if known else None
+            if status is None:
+                raise RuntimeError("the slim zygote died and took the program's exit status with it")
+        return pid, status, timed_out, time.perf_counter() - t0
+
+    def _adopt(self, pid: int, deadline: float) -> tuple[int | None, bool]:
+        timed_out = False
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None, timed_out
+            if done:
+                return status, timed_out
+            if not timed_out and time.perf_counter() > deadline:
+                timed_out = True
+                self._kill_program(pid)
+            time.sleep(0.001)
 
     def _prepare_next(self) -> None:
-        """Fresh stdio objects and random state for the next child, made in the worker
-        (cheap here; in the child every allocation copies pages of the shared heap)."""
-        self.streams = (
-            io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8"),
-            io.TextIOWrapper(io.BufferedWriter(io.FileIO(1, "w", closefd=False), 65536),
-                             encoding="utf-8", errors="backslashreplace"),
-            io.TextIOWrapper(io.BufferedWriter(io.FileIO(2, "w", closefd=False), 8192),
-                             encoding="utf-8", errors="backslashreplace"),
-        )
+        """Fresh stdio objects and random state for the next heavy child."""
+        self.streams = _make_streams()
         random.seed()
         if numpy is not None:
             numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
@@ -349,41 +540,77 @@ class Worker:
         except OSError:
             pass
 
+    def _tasks(self) -> int | None:
+        """Tasks in the container's pids cgroup, if it can be read."""
+        try:
+            with open(self.pids_current, "rb", buffering=0) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def _reap(self) -> None:
+        """Reap whatever children have exited (leftovers re-parented to us, the zygote)."""
+        while True:
+            try:
+                done, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not done:
+                return
+            if self.zygote is not None and done == self.zygote[0]:
+                pid, req_wr, st_rd = self.zygote
+                self.zygote = None
+                os.close(req_wr)
+                os.close(st_rd)
+
     def _cleanup(self, pid: int) -> None:
         """Leave nothing of the finished program behind: processes, /tmp files."""
         try:
             os.killpg(pid, signal.SIGKILL)  # its group, if anything is left in it
         except OSError:
             pass
-        if self.contained:
-            # Everything in this PID namespace besides us is a leftover of the
-            # program (orphans are re-parented to PID 1), including processes
-            # that left the group with setsid(). No children at all: done.
-            for _ in range(10000):
+        if not self.contained:  # not init (local testing): reap only what is ours
+            self._reap()
+            return
+        if self.zygote is not None:
+            try:
+                os.kill(self.zygote[0], signal.SIGCONT)  # a program may have stopped it
+            except OSError:
+                pass
+        self._reap()
+        tasks = self._tasks()
+        if tasks is None or self.base_tasks is None or tasks != self.base_tasks + (self.zygote is not None):
+            self._kill_leftovers()
+        if self.zygote is None:
+            self._start_zygote()  # nothing of the program is alive now
+        try:
+            if os.listdir("/tmp"):
+                _clean_dir("/tmp")
+        except OSError:
+            pass
+
+    def _kill_leftovers(self) -> None:
+        """Everything in this PID namespace besides us and the zygote is a leftover of
+        the program (orphans are re-parented to PID 1), including processes that left
+        its group with setsid()."""
+        me = os.getpid()
+        for attempt in range(10000):
+            self._reap()
+            if attempt == 500 and self.zygote is not None:
+                self._zygote_lost()  # something keeps coming back: take the zygote down too
+            keep = (me, self.zygote[0]) if self.zygote is not None else (me,)
+            others = [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if p not in keep]
+            if not others:
+                return
+            for p in others:
                 try:
-                    done, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if done:
-                    continue
-                try:
-                    os.kill(-1, signal.SIGKILL)
+                    os.kill(p, signal.SIGKILL)
                 except OSError:
                     pass
-                time.sleep(0.0002)
-        else:  # not init (local testing): reap only what is ours
-            while True:
-                try:
-                    done, _ = os.waitpid(-1, os.WNOHANG)
-                except ChildProcessError:
-                    break
-                if not done:
-                    break
-        if self.contained:
-            _clean_dir("/tmp")
+            time.sleep(0.0002)
 
-    def _result(self, req: dict, status: int, timed_out: bool, duration: float,
-                out_fd: int, err_fd: int, rep_fd: int) -> dict:
+    def _result(self, req: dict, chunks: list[str], status: int, timed_out: bool, duration: float) -> dict:
+        out_fd, err_fd, rep_fd = self.mfds
         cap = self.limits.max_output
         out_size = os.fstat(out_fd).st_size
         err_size = os.fstat(err_fd).st_size
@@ -417,7 +644,6 @@ class Worker:
             if isinstance(report.get(key), str):
                 res[key] = report[key]
 
-        chunks = req.get("chunks") or []
         if len(chunks) > 1:
             # what the last chunk printed: from the end of the one before it
             offs = res.get("offsets") or []
@@ -475,17 +701,17 @@ class Worker:
                                   "pid": os.getpid(), "uid": os.getuid(),
                                   "python": sys.version.split()[0],
                                   "sympy": getattr(sympy, "__version__", None),
-                                  "numpy": getattr(numpy, "__version__", None)})
+                                  "numpy": getattr(numpy, "__version__", None),
+                                  "zygote": self.zygote[0] if self.zygote is not None else None,
+                                  "zygote_starts": self.zygote_starts})
                 continue
             try:
-                res = self.run(req)
+                res = self.run(req, body)
             except Exception as exc:  # noqa: BLE001 - the worker's own failure, keep serving
                 res = {"id": req.get("id"), "status": "sandbox_error", "stdout": "", "stderr": "",
                        "error_type": type(exc).__name__, "error_message": str(exc),
                        "error_line": f"worker: {type(exc).__name__}: {exc}", "duration_s": 0.0}
             self.write_frame(res)
-
-
 def _oom_kill_count() -> int | None:
     for path, key in (("/sys/fs/cgroup/memory.events", "oom_kill"),            # cgroup v2
                       ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill")):  # cgroup v1
@@ -546,8 +772,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--contained", action="store_true",
                     help="running as a container's PID 1: after each program kill all other "
                          "processes and empty /tmp (ignored unless PID 1 and not root)")
+    ap.add_argument("--no-zygote", action="store_true",
+                    help="fork every program from this process (no slim tier)")
+    ap.add_argument("--zygote", action="store_true", help=argparse.SUPPRESS)  # internal: the slim tier
+    ap.add_argument("--as-limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     limits = Limits(args)
+    if args.zygote:
+        zygote_main(limits, args.as_limit)
+        return
 
     _warm_up()
     # The channel to the host moves to private fds; 0 and 1 become /dev/null.
@@ -566,7 +799,57 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()  # objects shared with every child stay untouched (no copy-on-write by the GC)
     gc.disable()  # the worker allocates little; children re-enable
-    Worker(limits, in_fd, out_fd).serve()
+    Worker(limits, in_fd, out_fd, argv=sys.argv[1:] if argv is None else list(argv),
+           zygote=not args.no_zygote).serve()
+
+
+def zygote_main(limits: Limits, as_limit: int) -> None:
+    """The slim tier: a fresh interpreter (no sympy/numpy, small heap, cheap to fork)
+    started by the worker with its pipes and memfds on ZYGOTE_FDS. For each request
+    (4-byte length + the host's JSON request) it forks the program's child, records
+    the child's pid in the control memfd, waits for it and writes its wait status."""
+    req_fd, st_fd, out_fd, err_fd, rep_fd, ctl_fd = ZYGOTE_FDS
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGALRM, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTTIN,
+                signal.SIGTTOU, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.stdout = sys.stderr
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    streams = _make_streams()
+    random.seed()
+    os.write(st_fd, b"R")
+    while True:
+        head = _read_exact(req_fd, INT.size)
+        if head is None:
+            os._exit(0)  # the worker went away
+        body = _read_exact(req_fd, INT.unpack(head)[0])
+        if body is None:
+            os._exit(0)
+        chunks = json.loads(body)["chunks"]
+        try:
+            pid = os.fork()
+        except OSError:
+            os.write(st_fd, INT.pack(FORK_FAILED))
+            continue
+        if pid == 0:
+            _child(chunks, out_fd, err_fd, rep_fd, limits, as_limit, streams)
+            os._exit(EXIT_INTERNAL)  # not reached
+        os.pwrite(ctl_fd, INT.pack(pid), 0)
+        # Learn the status without reaping and record it where the worker finds it
+        # should this process be killed before it can report (the program may kill
+        # it: kill(-1) spares only the caller and PID 1), then reap and report.
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        if info.si_code == os.CLD_EXITED:
+            status = (info.si_status & 0xFF) << 8
+        else:  # killed or dumped
+            status = (info.si_status & 0x7F) | (0x80 if info.si_code == os.CLD_DUMPED else 0)
+        os.pwrite(ctl_fd, CTL.pack(pid, 1, status), 0)
+        os.waitpid(pid, 0)
+        os.write(st_fd, INT.pack(status))
+        streams = _make_streams()
+        random.seed()
 
 
 if __name__ == "__main__":

@@ -264,9 +264,9 @@ def test_fork_bomb(pool):
     res = pool.run([bomb, bomb, "import os\nos.setsid()\nwhile True: os.fork() if os.fork() else None"], timeout_s=1)
     assert all(r.status in ("timeout", "error") for r in res), res
     check_healthy(pool, 10)
-    # nothing of the bombs is left: the only processes are the worker and the program
+    # nothing of the bombs is left: the only processes are the worker, the zygote and the program
     r = pool.run(["import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"])[0]
-    assert len(r.stdout.strip("[]\n").split(",")) == 2, r.stdout
+    assert len(r.stdout.strip("[]\n").split(",")) == 3, r.stdout
 
 
 def test_output_flood(pool):
@@ -330,7 +330,7 @@ def test_cannot_kill_the_worker(pool):
     assert pool.container_ids == before  # not even replaced: PID 1 shrugged it all off
     # no leftover process (the setsid daemon was killed after its program ended)
     r = pool.run(["import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))"])[0]
-    assert r.stdout == "2\n"
+    assert r.stdout == "3\n"  # the worker, the zygote, the program
 
 
 def test_dead_container_is_replaced_and_its_program_answered(pool):
@@ -391,6 +391,90 @@ def test_mixed_batch_of_1000(pool):
             assert res[i].status in ("error", "timeout", "memory", "output_limit", "ok"), (i, res[i])
             assert res[i].status != "sandbox_error"
     print(f"1000 mixed programs in {elapsed:.1f} s")
+
+
+# -------------------------------------------------------- two tiers
+
+HEAVY = "\n# numpy"  # any mention of a heavy library sends a program to PID 1 (the heavy tier)
+PARENT = "import os\nprint('slim' if os.getppid() != 1 else 'heavy')"
+COUNT = "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))"
+
+
+def test_tier_choice(pool):
+    res = pool.run([PARENT, PARENT + HEAVY, PARENT + "\nimport sympy"])
+    assert [r.stdout for r in res] == ["slim\n", "heavy\n", "heavy\n"]
+
+
+def test_tiers_give_the_same_results(pool):
+    programs = [
+        "print(sum(i * i for i in range(100)), 'é✓')",
+        "import math, fractions\nprint(math.isqrt(99), fractions.Fraction(3, 6))",
+        "1/0",
+        "def f():\n    raise ValueError('bad ' * 3)\nf()",
+        "import sys\nprint('to err', file=sys.stderr)\nsys.exit(2)",
+        "import sys\nprint('x')\nsys.exit(0)",
+        "import os\nos._exit(0)",
+        "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+        "print('y' * (200 * 1024))",
+        "a = bytearray(3 * 1024**3)",
+        "import time\ntime.sleep(5)",
+        "open('/tmp/f', 'w').write('1')\nprint(open('/tmp/f').read())",
+        "import os\nprint(os.listdir('/tmp'))",
+        "exec('import s' + 'ympy as m')\nprint(m.sqrt(8), m.Rational(1, 3) + 1)",
+    ]
+    fields = ("status", "stdout", "stderr", "error_type", "error_message", "error_line", "stdout_truncated")
+    slim = pool.run(programs, timeout_s=2)
+    heavy = pool.run([p + HEAVY for p in programs], timeout_s=2)
+    for p, a, b in zip(programs, slim, heavy):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields], (p, a, b)
+    steps = [["x = 6", "y = x * 7", "print(y)"], ["x = 1", "print(x)\nz = 1/0"]]
+    s1 = pool.run_steps(steps)
+    s2 = pool.run_steps([[c + HEAVY for c in p] for p in steps])
+    assert [(r.valid, r.output, r.error) for r in s1] == [(r.valid, r.output, r.error) for r in s2]
+    assert s1[0].output == "42\n" and not s1[1].valid
+
+
+def test_slim_program_importing_sympy_dynamically(pool):
+    r = pool.run(["import os\nexec('import s' + 'ympy as m')\nprint(os.getppid() != 1, m.factorint(360))"],
+                 timeout_s=10)[0]
+    assert r.status == "ok" and r.stdout == "True {2: 3, 3: 2, 5: 1}\n", r
+
+
+def test_killing_the_zygote(pool):
+    before = list(pool.container_ids)
+    hostile = [
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('after')",
+        "import os, signal\nos.kill(-1, signal.SIGKILL)",
+        "import os, signal\nos.kill(-1, signal.SIGKILL)\nprint('survived')",
+        "import os, signal\nos.kill(-1, signal.SIGKILL)\nimport time\ntime.sleep(0.2)\nprint('late')",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nwhile True: pass",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGSTOP)\nprint('stopped it')",
+        "import os, signal\nos.kill(os.getppid(), signal.SIGTERM)\nos.kill(os.getppid(), signal.SIGINT)\nprint('ok')",
+    ]
+    # the same from the heavy tier: the zygote is a process of the same user there too
+    heavy = ["import os, signal\nfor p in os.listdir('/proc'):\n    if p.isdigit() and int(p) not in (1, os.getpid()):\n"
+             "        os.kill(int(p), signal.SIGKILL)\nprint('killed')" + HEAVY,
+             "import os, signal\nos.kill(-1, signal.SIGSTOP)\nprint('stopped')" + HEAVY]
+    res = pool.run(hostile + heavy, timeout_s=1)
+    assert all(r.status != "sandbox_error" for r in res), res
+    assert [r.stdout for r in res[:4]] == ["after\n", "", "survived\n", "late\n"], res
+    assert res[4].status == "timeout"
+    assert res[6].stdout == "ok\n" and res[7].stdout == "killed\n" and res[8].stdout == "stopped\n"
+    for _ in range(3):
+        check_healthy(pool, 10)
+        assert [r.stdout for r in pool.run([PARENT + f"\n# {i}" for i in range(4)])] == ["slim\n"] * 4
+    assert pool.container_ids == before
+    assert {r.stdout for r in pool.run([COUNT, COUNT + HEAVY, COUNT + "\n# 2"])} == {"3\n"}
+
+
+def test_leftovers_are_killed_in_both_tiers(pool):
+    daemon = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(30)\n"
+              "    time.sleep(30)\nopen('/tmp/left', 'w').write('x')\nprint('parent done')")
+    for suffix in ("", HEAVY):
+        res = pool.run([daemon + suffix + f"\n# {i}" for i in range(4)], timeout_s=3)
+        assert [r.stdout for r in res] == ["parent done\n"] * 4, res
+        res = pool.run([COUNT + suffix, "import os\nprint(os.listdir('/tmp'))" + suffix])
+        assert [r.stdout for r in res] == ["3\n", "[]\n"], res
 
 
 # -------------------------------------------------------- lifecycle
