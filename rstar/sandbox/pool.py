@@ -1,7 +1,8 @@
 """A pool of warm, hardened containers that execute Python programs.
 
 Each container runs ``sandbox/worker.py`` as PID 1 (sympy and numpy already
-imported); the host talks to it over the container's attach socket with
+imported; programs that do not mention them are forked from a slim zygote
+process instead, see the worker's docstring); the host talks to it over the container's attach socket with
 length-prefixed JSON frames (see the worker's docstring). One driver thread
 per container keeps up to ``pipeline_depth`` requests in flight, so the
 worker always has the next program waiting while the result of the previous
