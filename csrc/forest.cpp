@@ -28,35 +28,79 @@ constexpr float kNaNf = std::numeric_limits<float>::quiet_NaN();
 
 namespace {
 
-// Large columns are 2 MiB aligned and advised to use transparent huge pages:
-// growing a forest touches fresh memory all the time, and 4 KiB page faults
-// were the largest single cost of expand.
+// Large columns live in anonymous mappings that reserve room for many times
+// their capacity (MAP_NORESERVE: address space only) and are advised to use
+// transparent huge pages: growing a forest touches fresh memory all the time,
+// and page faults plus the copies of a doubling growth were most of the cost
+// of expand. Small columns use malloc.
 constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kMapMinNodes = size_t(1) << 16;      // smaller capacities: malloc
+constexpr size_t kReserveFactor = 16;                 // reservation = 16 x the capacity asked for ...
+constexpr size_t kReserveMinNodes = size_t(1) << 24;  // ... and at least 16 Mi nodes (address space only)
 
-void* allocate(size_t bytes) {
-  if (bytes >= kHugePage) {
-    void* d = nullptr;
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-    if (posix_memalign(&d, kHugePage, rounded) != 0) throw std::bad_alloc();
+size_t round_up(size_t bytes, size_t to) { return (bytes + to - 1) / to * to; }
+
+// Maps `want` bytes (a multiple of kHugePage), 2 MiB aligned; nullptr on failure.
+void* map_aligned(size_t want) {
+  const size_t len = want + kHugePage;  // slack to align the start
+  void* raw = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = round_up(start, kHugePage);
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t tail = aligned + want, end = start + len;
+  if (end > tail) munmap(reinterpret_cast<void*>(tail), end - tail);
+  void* d = reinterpret_cast<void*>(aligned);
 #ifdef MADV_HUGEPAGE
-    madvise(d, rounded, MADV_HUGEPAGE);  // advice only: failure is harmless
+  madvise(d, want, MADV_HUGEPAGE);  // advice only: failure is harmless
 #endif
-    return d;
+  return d;
+}
+
+// A fresh buffer able to hold `cap` elements of `elem` bytes (contents undefined).
+void allocate(Buffer& b, size_t cap, size_t elem) {
+  const size_t bytes = cap * elem;
+  if (cap >= kMapMinNodes) {
+    const size_t max_nodes = static_cast<size_t>(MAX_NODES);
+    const size_t nodes = std::max(cap > max_nodes / kReserveFactor ? max_nodes : cap * kReserveFactor, kReserveMinNodes);
+    const size_t need = round_up(bytes, kHugePage);
+    size_t want = std::max(round_up(nodes * elem, kHugePage), need);
+    void* d = map_aligned(want);
+    if (d == nullptr && want > need) d = map_aligned(want = need);  // e.g. strict overcommit: no slack
+    if (d != nullptr) {
+      b.data = d;
+      b.bytes = bytes;
+      b.reserved = want;
+      b.mapped = true;
+      return;
+    }
   }
   void* d = std::malloc(bytes ? bytes : 1);
   if (d == nullptr) throw std::bad_alloc();
-  return d;
+  b.data = d;
+  b.bytes = b.reserved = bytes;
+  b.mapped = false;
 }
 
 }  // namespace
 
+Buffer::~Buffer() {
+  if (mapped) munmap(data, reserved);
+  else std::free(data);
+}
+
 template <class T>
 void Column<T>::reserve(size_t cap, size_t used) {
-  // Always a fresh buffer: if a numpy view still points at the old one, the
+  const size_t bytes = cap * sizeof(T);
+  // Grow in place when nothing else (a numpy view) holds this buffer.
+  if (buf.use_count() == 1 && bytes <= buf->reserved) {
+    buf->bytes = std::max(buf->bytes, bytes);
+    return;
+  }
+  // Otherwise a fresh buffer: if a numpy view still points at the old one, the
   // view keeps it alive (shared_ptr in its capsule); otherwise it is freed here.
   auto nb = std::make_shared<Buffer>();
-  nb->data = allocate(cap * sizeof(T));
-  nb->bytes = cap * sizeof(T);
+  allocate(*nb, cap, sizeof(T));
   if (used) std::memcpy(nb->data, buf->data, used * sizeof(T));
   buf = std::move(nb);
   p = static_cast<T*>(buf->data);
@@ -169,72 +213,113 @@ RuleParams Forest::get_rule(int64_t root) const {
 
 // ---------------------------------------------------------------- select
 
+// Selection scores (forest.hpp has the formulas) in two passes over the
+// children of a node, a chunk at a time:
+//  1. the formula of a visited (UCT, PUCT) or rated (MCTSR) child, for every
+//     child, unconditionally: straight-line loops over the columns that the
+//     compiler vectorizes (-fno-math-errno lets sqrt vectorize). The
+//     operations are exactly those of the formulas, in the same order (and
+//     those of reference.py): bit-identical scores. N = visits + in_flight is
+//     formed as double(visits) + double(in_flight), exact for two int32 values
+//     and so equal to converting their int64 sum.
+//  2. scalar: skip ineligible children, substitute the first-play score of
+//     unvisited / unrated children, and keep the best (strict >, so ties go to
+//     the lowest index; the first eligible child is taken whatever its score;
+//     +inf cannot be beaten, so the scan stops there).
+namespace {
+
+constexpr int32_t kChunk = 64;  // children scored per pass
+
+struct ScoreArgs {
+  const int32_t* visits;
+  const int32_t* in_flight;
+  const double* value_sum;
+  const float* prior;
+  const float* q_backed;
+  double c, vl, eps;
+  double log_np;   // UCT: ln(max(Np, 1)); MCTSR: ln(Np + 1)
+  double sqrt_np;  // PUCT: sqrt(Np)
+};
+
+// UCT, N > 0: W_eff/N + c * sqrt(ln(max(Np, 1)) / N)
+void scores_uct(const ScoreArgs& a, int32_t first, int32_t n, double* out, double*) {
+  const int32_t* vis = a.visits + first;
+  const int32_t* inf = a.in_flight + first;
+  const double* w = a.value_sum + first;
+  for (int32_t i = 0; i < n; ++i) {
+    const double fd = static_cast<double>(inf[i]);
+    const double nd = static_cast<double>(vis[i]) + fd;
+    out[i] = (w[i] - a.vl * fd) / nd + a.c * std::sqrt(a.log_np / nd);
+  }
+}
+
+// PUCT: Q + c * P * sqrt(Np) / (1 + N); out: Q = W_eff/N, bonus: the second term.
+void scores_puct(const ScoreArgs& a, int32_t first, int32_t n, double* out, double* bonus) {
+  const int32_t* vis = a.visits + first;
+  const int32_t* inf = a.in_flight + first;
+  const double* w = a.value_sum + first;
+  const float* pr = a.prior + first;
+  for (int32_t i = 0; i < n; ++i) {
+    const double fd = static_cast<double>(inf[i]);
+    const double nd = static_cast<double>(vis[i]) + fd;
+    const double u = a.c * static_cast<double>(pr[i]) * a.sqrt_np / (1.0 + nd);
+    out[i] = (w[i] - a.vl * fd) / nd + u;
+    bonus[i] = u;
+  }
+}
+
+// MCTSR, rated: q_backed + c * sqrt(ln(Np + 1) / (N + eps))
+void scores_mctsr(const ScoreArgs& a, int32_t first, int32_t n, double* out, double*) {
+  const int32_t* vis = a.visits + first;
+  const int32_t* inf = a.in_flight + first;
+  const float* qb = a.q_backed + first;
+  for (int32_t i = 0; i < n; ++i) {
+    const double nd = static_cast<double>(vis[i]) + static_cast<double>(inf[i]);
+    out[i] = static_cast<double>(qb[i]) + a.c * std::sqrt(a.log_np / (nd + a.eps));
+  }
+}
+
+}  // namespace
+
 // One descent from `root` by the rule; no state is changed. Returns false when
 // some node on the way has no eligible child (or the root is a leaf in flight).
 bool Forest::descend(int32_t root, const RuleParams& rp, int32_t& leaf) const {
+  ScoreArgs a{visits.p, in_flight.p, value_sum.p, prior.p, q_backed.p, rp.c, vl_, rp.eps, 0.0, 0.0};
+  const int32_t rule = rp.rule;
+  void (*const score)(const ScoreArgs&, int32_t, int32_t, double*, double*) =
+      rule == UCT ? scores_uct : rule == PUCT ? scores_puct : scores_mctsr;
+  const double fp = rp.first_play;
+  double sc[kChunk], bonus[kChunk];
   int32_t node = root;
-  const double c = rp.c;
-  const double vl = vl_;
   while (num_children[node] > 0) {
     const int32_t first = first_child[node];
     const int32_t end = first + static_cast<int32_t>(num_children[node]);
     const double np = static_cast<double>(static_cast<int64_t>(visits[node]) + in_flight[node]);
+    if (rule == UCT) a.log_np = std::log(np > 1.0 ? np : 1.0);
+    else if (rule == PUCT) a.sqrt_np = std::sqrt(np);
+    else a.log_np = std::log(np + 1.0);
     int32_t best = -1;
     double best_score = 0.0;
-    // The three rules share the eligibility test and the tie rule (strict >,
-    // so the lowest index wins); a score of +inf cannot be beaten.
-#define RSTAR_ELIGIBLE(ch) \
-  ((flags[ch] & DEAD) == 0 && !(num_children[ch] == 0 && in_flight[ch] > 0))
-#define RSTAR_TAKE(ch, s)                        \
-  if (best < 0 || (s) > best_score) {            \
-    best = (ch);                                 \
-    best_score = (s);                            \
-    if (best_score == kInf) break;               \
-  }
-    if (rp.rule == UCT) {
-      const double log_np = std::log(np > 1.0 ? np : 1.0);
-      for (int32_t ch = first; ch < end; ++ch) {
-        if (!RSTAR_ELIGIBLE(ch)) continue;
-        const int64_t f = in_flight[ch];
-        const int64_t n = visits[ch] + f;
-        double s;
-        if (n == 0) {
-          s = rp.first_play;
-        } else {
-          const double nd = static_cast<double>(n);
-          const double q = (value_sum[ch] - vl * static_cast<double>(f)) / nd;
-          s = q + c * std::sqrt(log_np / nd);
+    for (int32_t lo = first; lo < end && !(best >= 0 && best_score == kInf); lo += kChunk) {
+      const int32_t n = std::min(kChunk, end - lo);
+      score(a, lo, n, sc, bonus);
+      for (int32_t i = 0; i < n; ++i) {
+        const int32_t ch = lo + i;
+        const int32_t f = in_flight[ch];
+        if ((flags[ch] & DEAD) != 0 || (f > 0 && num_children[ch] == 0)) continue;  // ineligible
+        double s = sc[i];
+        if (rule == MCTSR) {
+          if (std::isnan(q_backed[ch])) s = fp;
+        } else if ((visits[ch] | f) == 0) {  // N == 0 (both counts are >= 0)
+          s = rule == UCT ? fp : fp + bonus[i];
         }
-        RSTAR_TAKE(ch, s)
-      }
-    } else if (rp.rule == PUCT) {
-      const double sqrt_np = std::sqrt(np);
-      for (int32_t ch = first; ch < end; ++ch) {
-        if (!RSTAR_ELIGIBLE(ch)) continue;
-        const int64_t f = in_flight[ch];
-        const int64_t n = visits[ch] + f;
-        const double nd = static_cast<double>(n);
-        const double q = n == 0 ? rp.first_play : (value_sum[ch] - vl * static_cast<double>(f)) / nd;
-        const double s = q + c * static_cast<double>(prior[ch]) * sqrt_np / (1.0 + nd);
-        RSTAR_TAKE(ch, s)
-      }
-    } else {  // MCTSR
-      const double log_np1 = std::log(np + 1.0);
-      for (int32_t ch = first; ch < end; ++ch) {
-        if (!RSTAR_ELIGIBLE(ch)) continue;
-        const float qf = q_backed[ch];
-        double s;
-        if (std::isnan(qf)) {
-          s = rp.first_play;
-        } else {
-          const double nd = static_cast<double>(static_cast<int64_t>(visits[ch]) + in_flight[ch]);
-          s = static_cast<double>(qf) + c * std::sqrt(log_np1 / (nd + rp.eps));
+        if (best < 0 || s > best_score) {
+          best = ch;
+          best_score = s;
+          if (s == kInf) break;
         }
-        RSTAR_TAKE(ch, s)
       }
     }
-#undef RSTAR_ELIGIBLE
-#undef RSTAR_TAKE
     if (best < 0) return false;
     node = best;
   }
@@ -308,25 +393,42 @@ std::vector<int64_t> Forest::expand(const std::vector<int64_t>& leaves, const st
     }
   }
   grow(total);
-  std::vector<int64_t> out(static_cast<size_t>(total));
-  int64_t next = size_;
-  size_t j = 0;
+  // The new nodes are [size_, size_ + total): the columns every new node
+  // starts with the same value in are filled in one pass each, the rest
+  // (parent, depth, prior) per leaf over its contiguous children.
+  const size_t lo = static_cast<size_t>(size_), n_new = static_cast<size_t>(total);
+  std::fill_n(first_child.p + lo, n_new, NO_PARENT);
+  std::fill_n(num_children.p + lo, n_new, uint16_t(0));
+  std::fill_n(flags.p + lo, n_new, uint8_t(0));
+  std::fill_n(visits.p + lo, n_new, 0);
+  std::fill_n(in_flight.p + lo, n_new, 0);
+  std::fill_n(value_sum.p + lo, n_new, 0.0);
+  std::fill_n(reward_min.p + lo, n_new, std::numeric_limits<float>::infinity());
+  std::fill_n(reward_sum.p + lo, n_new, 0.0f);
+  std::fill_n(reward_count.p + lo, n_new, uint16_t(0));
+  std::fill_n(q_backed.p + lo, n_new, kNaNf);
+  std::vector<int64_t> out(n_new);
+  for (size_t j = 0; j < n_new; ++j) out[j] = static_cast<int64_t>(lo + j);
+  size_t next = lo;
   for (size_t i = 0; i < leaves.size(); ++i) {
-    const int64_t cnt = counts[i];
+    const size_t cnt = static_cast<size_t>(counts[i]);
     if (cnt == 0) continue;
     const int64_t id = leaves[i];
     first_child[id] = static_cast<int32_t>(next);
     num_children[id] = static_cast<uint16_t>(cnt);
     flags[id] |= EXPANDED;
-    const uint16_t dep = static_cast<uint16_t>(depth[id] + 1);
-    const float uniform = static_cast<float>(1.0 / static_cast<double>(cnt));
-    for (int64_t c = 0; c < cnt; ++c, ++j, ++next) {
-      const float pri = priors ? static_cast<float>((*priors)[j]) : uniform;
-      init_node(next, static_cast<int32_t>(id), dep, pri);
-      out[j] = next;
+    std::fill_n(parent.p + next, cnt, static_cast<int32_t>(id));
+    std::fill_n(depth.p + next, cnt, static_cast<uint16_t>(depth[id] + 1));
+    if (priors) {
+      const double* src = priors->data() + (next - lo);
+      float* dst = prior.p + next;
+      for (size_t c = 0; c < cnt; ++c) dst[c] = static_cast<float>(src[c]);
+    } else {
+      std::fill_n(prior.p + next, cnt, static_cast<float>(1.0 / static_cast<double>(cnt)));
     }
+    next += cnt;
   }
-  size_ = next;
+  size_ = static_cast<int64_t>(next);
   return out;
 }
 

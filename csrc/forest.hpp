@@ -99,13 +99,21 @@ struct RuleOverride {
 // One column's storage. Views (numpy arrays) hold a shared_ptr to the Buffer
 // they were made from, so growth (which swaps in a new Buffer when an old one
 // is still shared) never frees memory a view points at.
+//
+// Large columns reserve address space well beyond their capacity (an anonymous
+// MAP_NORESERVE mapping: no memory is committed until a page is first written),
+// so growth inside the reservation is a bump of `bytes`: no copy, and every page
+// is touched once, by the write that fills it. A Buffer shared with a view is
+// never grown in place (the view stays a snapshot); growth then copies.
 struct Buffer {
   void* data = nullptr;
-  size_t bytes = 0;
+  size_t bytes = 0;     // usable now (capacity * element size)
+  size_t reserved = 0;  // usable without moving: bytes for malloc'd buffers, the mapping's length for mapped ones
+  bool mapped = false;  // data came from mmap (freed with munmap)
   Buffer() = default;
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
-  ~Buffer() { std::free(data); }
+  ~Buffer();
 };
 
 template <class T>

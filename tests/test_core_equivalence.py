@@ -146,3 +146,103 @@ def test_random_operations_match_reference(data):
         ids = list(range(core.num_nodes))
         assert core.root_of(ids).tolist() == ref.root_of(ids)
         np.testing.assert_array_equal(core.q(ids), np.array(ref.q(ids)))
+
+
+BIG_VALUES = st.one_of(VALUES, st.sampled_from([1e308, -1e308, 1.5e308]))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(st.data())
+def test_wide_nodes_and_extreme_numbers_match_reference(data):
+    """Nodes wider than one scoring chunk (64 children), dead children among
+    them, huge priors and value sums that overflow to +-inf: the same choices."""
+    vl = data.draw(st.sampled_from([0.0, 1.0]), label="virtual_loss")
+    core, ref = Forest(vl), reference.Forest(vl)
+    rule = data.draw(st.sampled_from(RULES), label="rule")
+    c = data.draw(st.sampled_from([None, 0.0, 2.0, 1e300]), label="c")
+    fp = data.draw(st.sampled_from([None, 0.0, math.inf, -math.inf]), label="first_play")
+    roots, _ = same_call(lambda: core.create_roots(2, rule, c, fp), lambda: ref.create_roots(2, rule, c, fp))
+    roots = roots.tolist()
+    for _ in range(data.draw(st.integers(1, 12), label="n_cycles")):
+        live = [r for r in roots if not core.view("flags")[r] & 6]
+        if not live:
+            break
+        k = data.draw(st.integers(1, 6))
+        (leaves, _), _ = same_call(lambda: core.select(live, k), lambda: ref.select(live, k))
+        leaves = leaves.tolist()
+        unexp = [x for x in leaves if core.view("num_children")[x] == 0 and not core.view("flags")[x] & 7]
+        counts = data.draw(st.lists(st.integers(0, 150), min_size=len(unexp), max_size=len(unexp)))
+        priors = None
+        if data.draw(st.booleans()):
+            priors = data.draw(st.lists(st.one_of(st.floats(0, 2), st.just(3e38)), min_size=sum(counts),
+                                        max_size=sum(counts)))
+        new, _ = same_call(lambda: core.expand(unexp, counts, priors), lambda: ref.expand(unexp, counts, priors))
+        if len(new):
+            dead = data.draw(st.lists(st.sampled_from(new.tolist()), max_size=20))
+            fn = data.draw(st.sampled_from(["mark_terminal", "mark_invalid"]))
+            same_call(lambda: getattr(core, fn)(dead), lambda: getattr(ref, fn)(dead))
+        values = data.draw(st.lists(BIG_VALUES, min_size=len(leaves), max_size=len(leaves)))
+        same_call(lambda: core.backprop(leaves, values), lambda: ref.backprop(leaves, values))
+        if rule == MCTSR and len(new):
+            rated = data.draw(st.lists(st.sampled_from(new.tolist()), max_size=10))
+            rewards = data.draw(st.lists(REWARDS, min_size=len(rated), max_size=len(rated)))
+            same_call(lambda: core.add_rewards(rated, rewards), lambda: ref.add_rewards(rated, rewards))
+        assert_same_state(core, ref)
+
+
+def test_large_arena_growth_matches_reference():
+    """Growth across the size where columns move to reserved mappings (and in
+    place inside them), with a view held across one growth: same state, and the
+    view stays a snapshot."""
+    core, ref = Forest(), reference.Forest()
+    roots = core.create_roots(3).tolist()
+    assert ref.create_roots(3) == roots
+    held = None
+    for i, r in enumerate(roots):
+        a = core.expand([r], [40000]).tolist()
+        assert a == ref.expand([r], [40000])
+        if i == 0:
+            held = core.view("depth")  # shared buffer: the next growth must copy, not grow in place
+            held_len = len(held)
+    for _ in range(3):
+        leaves, _ = core.select(roots, 4)
+        assert leaves.tolist() == ref.select(roots, 4)[0]
+        grow = leaves.tolist()[:4]
+        assert core.expand(grow, [3] * len(grow)).tolist() == ref.expand(grow, [3] * len(grow))
+        vals = np.linspace(-1, 1, len(leaves)).tolist()
+        core.backprop(leaves, vals)
+        ref.backprop(leaves.tolist(), vals)
+    assert_same_state(core, ref)
+    assert len(held) == held_len and held.tolist() == [0] * 3 + [1] * (held_len - 3)
+
+
+def test_every_child_of_a_wide_node_can_win():
+    """Each position of nodes up to two scoring chunks wide (64 children each)
+    wins when its score is the highest, under every rule, with ties to the
+    lowest index and dead children skipped; the reference agrees."""
+    for rule in RULES:
+        for width in (1, 2, 63, 64, 65, 127, 128, 130):
+            for p in range(width):
+                core, ref = Forest(), reference.Forest()
+                fp = -math.inf
+                (root,) = core.create_roots(1, rule, None, fp).tolist()
+                ref.create_roots(1, rule, None, fp)
+                priors = [1.0 if i == p else 0.5 for i in range(width)]
+                kids = core.expand([root], [width], priors).tolist()
+                ref.expand([root], [width], priors)
+                values = [0.75 if i == p else 0.25 for i in range(width)]
+                dead = [i for i in kids if (i - kids[0]) % 7 == 3 and i - kids[0] != p]
+                for f in (core, ref):
+                    f.backup(kids, values)
+                    f.mark_invalid(dead)
+                    if rule == MCTSR:
+                        f.add_rewards(kids, values)
+                want = [kids[p]]
+                assert core.select([root], 1)[0].tolist() == want, (rule, width, p)
+                assert ref.select([root], 1)[0] == want, (rule, width, p)
+        # all equal: the first eligible child
+        core = Forest()
+        (root,) = core.create_roots(1, rule).tolist()
+        kids = core.expand([root], [130]).tolist()
+        core.mark_invalid(kids[:70])
+        assert core.select([root], 1)[0].tolist() == [kids[70]]
