@@ -87,7 +87,9 @@ class LlamaCppPolicy(Policy):
             raise ModelUnavailable(f"model file not found: {path}")
         llama_cpp = _import_llama()
         self._llama_cpp = llama_cpp
-        n_threads = n_threads or os.cpu_count() or 1
+        # RSTAR_THREADS overrides the default: on a shared, oversubscribed machine llama.cpp's
+        # spinning threads slow down badly (measured 8x slower with 2 threads than with 1 at load 9)
+        n_threads = n_threads or int(os.environ.get("RSTAR_THREADS") or 0) or os.cpu_count() or 1
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
