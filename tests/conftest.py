@@ -11,6 +11,11 @@ import pytest
 
 IN_CI = bool(os.environ.get("CI"))
 
+# Python processes started by the tests must import the installed rstar, not the
+# source tree of the working directory: after `pip install .` the source tree has
+# no compiled core. PYTHONSAFEPATH (3.11+) keeps the working directory off sys.path.
+os.environ.setdefault("PYTHONSAFEPATH", "1")
+
 
 def need(what: str, fix: str):
     """Skip locally, fail in CI, naming the command that provides `what`."""
