@@ -11,7 +11,12 @@ simulation is select + expand + backprop of one leaf. Two ways to drive it:
   back it up), trees visited round robin.
 
 Both implementations run the same number of simulations and must end in the
-same state (checked: root visits and value sums, node counts).
+same state (checked: root visits and value sums, node counts). Each side runs
+`--repeat` / `--ref-repeat` times and the MEDIAN rate is reported (wall and
+CPU time separately; the best core run is in the JSON as well): the first run
+in a process is often slower (fresh memory from the kernel), and a best-of-N
+core run against a single reference run would flatter the core. CPU-time
+rates (time.process_time) are the ones to compare on a loaded machine.
 
     python benchmarks/bench_tree.py            # table
     python benchmarks/bench_tree.py --json     # table, then one JSON line
@@ -23,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -124,7 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--trees", type=int, default=256)
     ap.add_argument("--k", type=int, default=4, help="leaves per tree per batched call")
     ap.add_argument("--rounds", type=int, default=64, help="batched calls (single mode: same simulations)")
-    ap.add_argument("--repeat", type=int, default=3, help="core runs per case (best is reported)")
+    ap.add_argument("--repeat", type=int, default=5, help="core runs per case (the median is reported)")
+    ap.add_argument("--ref-repeat", type=int, default=1,
+                    help="reference runs per case (the median is reported; each takes seconds)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
@@ -141,15 +149,22 @@ def main(argv=None) -> int:
     for branch, depth in CONFIGS:
         values = workload_values(args.trees, args.k, args.rounds, args.seed)
         for mode, core_fn, ref_fn in (("batched", core_batched, ref_batched), ("single", core_single, ref_single)):
-            best = None
+            core_runs = []
+            f = None
             for _ in range(max(1, args.repeat)):
+                del f  # one arena alive at a time
                 sims, dt, cpu, f = core_fn(branch, depth, args.trees, args.k, args.rounds, values)
-                if best is None or dt < best[1]:
-                    best = (sims, dt, cpu, f)
-            sims, dt, cpu, f = best
-            core_rate, core_cpu_rate = sims / dt, sims / cpu
-            rsims, rdt, rcpu, rf = ref_fn(branch, depth, args.trees, args.k, args.rounds, values)
-            ref_rate, ref_cpu_rate = rsims / rdt, rsims / rcpu
+                core_runs.append((sims / dt, sims / cpu))
+            core_rate = statistics.median(r[0] for r in core_runs)
+            core_cpu_rate = statistics.median(r[1] for r in core_runs)
+            ref_runs = []
+            rf = None
+            for _ in range(max(1, args.ref_repeat)):
+                del rf
+                rsims, rdt, rcpu, rf = ref_fn(branch, depth, args.trees, args.k, args.rounds, values)
+                ref_runs.append((rsims / rdt, rsims / rcpu))
+            ref_rate = statistics.median(r[0] for r in ref_runs)
+            ref_cpu_rate = statistics.median(r[1] for r in ref_runs)
             same = rsims == sims and same_state(f, rf, args.trees)
             alloc = f.capacity * BYTES_PER_NODE / f.num_nodes
             row = {
@@ -157,6 +172,9 @@ def main(argv=None) -> int:
                 "core_sims_per_s": round(core_rate), "python_sims_per_s": round(ref_rate),
                 "speedup": round(core_rate / ref_rate, 1), "nodes": f.num_nodes,
                 "core_sims_per_cpu_s": round(core_cpu_rate), "python_sims_per_cpu_s": round(ref_cpu_rate),
+                "core_runs": len(core_runs), "python_runs": len(ref_runs),
+                "core_best_sims_per_s": round(max(r[0] for r in core_runs)),
+                "core_best_sims_per_cpu_s": round(max(r[1] for r in core_runs)),
                 "speedup_cpu": round(core_cpu_rate / ref_cpu_rate, 1),
                 "allocated_bytes_per_node": round(alloc, 1), "same_result": same,
             }
@@ -174,6 +192,8 @@ def main(argv=None) -> int:
         "sims_per_cpu_s": key["core_sims_per_cpu_s"],
         "speedup_vs_python_cpu": key["speedup_cpu"],
         "load_avg_1min": round(os.getloadavg()[0], 2),
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "rates": f"median of {args.repeat} core / {args.ref_repeat} reference runs",
         "workload": {"trees": args.trees, "k": args.k, "rounds": args.rounds, "branch": 16, "depth": 8},
         "all_same_result": all(r["same_result"] for r in results),
         "cases": results,
