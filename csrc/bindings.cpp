@@ -137,7 +137,8 @@ py::array column_view(const rstar::Column<T>& col, int64_t n) {
   auto* holder = new std::shared_ptr<rstar::Buffer>(std::move(keep));
   py::capsule owner(holder, [](void* p) { delete static_cast<std::shared_ptr<rstar::Buffer>*>(p); });
   py::array_t<T> arr(static_cast<py::ssize_t>(n), col.p, owner);
-  arr.attr("setflags")(py::arg("write") = false);
+  // read-only (the same flag pybind11's eigen casters clear); no Python-level setflags call
+  py::detail::array_proxy(arr.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return std::move(arr);
 }
 
