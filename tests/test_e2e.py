@@ -6,7 +6,6 @@ and resumed ends with every problem exactly once.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys

