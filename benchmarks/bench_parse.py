@@ -12,9 +12,10 @@ Per template it reports:
 
 * steps parsed   -- generated steps whose ``parse`` kind is not "invalid"
 * terminal       -- solutions that reached a terminal answer step
-* programs run   -- solutions whose program ran without error at every step
-                    and at the end (a solution stops at its first invalid
-                    step or failing program)
+* programs run   -- solutions that reached the step ending the program and
+                    whose program ran without error at every step (a
+                    solution stops at its first invalid step or failing
+                    program; greedy, no retries)
 * accuracy       -- final answer equal to the gold answer (rstar.grader)
 
 Usage::
@@ -139,7 +140,7 @@ def run_program(code: str, timeout: float = 10.0) -> tuple[bool, str, str]:
 def solve(gen: Generator, t, question: str, max_step_tokens: int, log=None) -> dict:
     steps_text: list[str] = []
     codes: list[str] = []
-    rec = {"steps": 0, "parsed": 0, "invalid_reasons": [], "terminal": False, "ran": True,
+    rec = {"steps": 0, "parsed": 0, "invalid_reasons": [], "terminal": False, "ran": False,
            "answer": None, "end": None}
     for _ in range(t.max_steps + 1):
         prompt = t.render(gen.format_chat, question, steps_text)
@@ -152,7 +153,6 @@ def solve(gen: Generator, t, question: str, max_step_tokens: int, log=None) -> d
         if st.kind == "invalid":
             rec["invalid_reasons"].append(st.error)
             rec["end"] = f"invalid: {st.error}"
-            rec["ran"] = False
             return rec
         rec["parsed"] += 1
         steps_text.append(t.step_text(text, hit))
@@ -168,6 +168,7 @@ def solve(gen: Generator, t, question: str, max_step_tokens: int, log=None) -> d
             rec["end"] = f"program failed: {err}"
             return rec
         if st.kind == "final":
+            rec["ran"] = True
             if st.is_terminal:
                 rec["terminal"] = True
                 rec["answer"] = t.answer_from_output(out, st)
@@ -177,7 +178,6 @@ def solve(gen: Generator, t, question: str, max_step_tokens: int, log=None) -> d
         if len(codes) >= t.max_steps:
             break
     rec["end"] = "max_steps"
-    rec["ran"] = False
     return rec
 
 
