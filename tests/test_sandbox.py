@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._sandbox_helpers import IMAGE, pool_containers, require_sandbox
+from _sandbox_helpers import IMAGE, pool_containers, require_sandbox
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent

@@ -70,7 +70,7 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
 
 @pytest.mark.docker
 def test_missing_image_says_how_to_build():
-    from tests._sandbox_helpers import require_sandbox
+    from _sandbox_helpers import require_sandbox
 
     require_sandbox()
     from rstar.sandbox import SandboxConfig, SandboxPool
