@@ -90,6 +90,24 @@ for general instruction/coder models (the built-in Qwen2.5-Coder-1.5B-Instruct):
   final step too.  Only top-level ``# Step`` comments split steps (the stop
   string needs a newline right before ``#``), so an indented ``# Step``
   comment inside a loop does not cut a block in half.
+
+Which one is the default, and why
+---------------------------------
+
+``benchmarks/bench_parse.py`` measured it with the built-in model
+(Qwen2.5-Coder-1.5B-Instruct Q4_K_M, llama.cpp, greedy, one step per
+generation, programs run with a local python3) on the first 10 GSM8K train
+problems:
+
+    template  steps  parsed%  terminal%  ran%  acc%
+    default      43    100.0      100.0  100.0  70.0
+    rstar        43     93.0       60.0   80.0  40.0
+
+Under ``default`` every step parsed and every solution reached its answer.
+Under ``rstar`` the model (not fine-tuned on the tags) wrote the answer
+without ``\\boxed{}`` twice and once ended with end-of-sequence instead of a
+tag.  ``default`` is therefore the default; ``rstar`` is for models
+fine-tuned on rStar-Math's format.
 '''
 
 from __future__ import annotations
