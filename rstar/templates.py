@@ -109,8 +109,8 @@ Under ``default`` the only malformed steps (2 of 134) were comment-only
 planning steps ("no code in step"); one program failed (NameError).  Under
 ``rstar`` the model, not fine-tuned on the tags, wrote the answer without
 ``\\boxed{}`` (6), ended with end-of-sequence instead of a tag (4), so only
-60% of its solutions reached an answer.  ``default`` is therefore the default; ``rstar`` is for models
-fine-tuned on rStar-Math's format.
+60% of its solutions reached an answer.  ``default`` is therefore the
+default; ``rstar`` is for models fine-tuned on rStar-Math's format.
 '''
 
 from __future__ import annotations
