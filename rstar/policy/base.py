@@ -83,6 +83,11 @@ class Policy(abc.ABC):
     """A language model that continues prompts. Backends subclass this."""
 
     name: str = "policy"
+    # How many problems the search should keep in flight for this backend when the
+    # user does not say (--concurrent). None: the search's own default. A backend
+    # that caches only one sequence's KV state (llama.cpp) wants 1: interleaving
+    # problems would re-decode each one's question and steps at every switch.
+    preferred_concurrency: int | None = None
 
     @abc.abstractmethod
     def format_chat(self, messages: list[dict]) -> str:

@@ -66,6 +66,8 @@ def _import_llama():
 class LlamaCppPolicy(Policy):
     """A GGUF model run in process by llama-cpp-python."""
 
+    preferred_concurrency = 1  # one KV cache: keep one problem's prefix warm
+
     def __init__(
         self,
         model_path: str | os.PathLike,
