@@ -199,7 +199,8 @@ class MCTS:
 
         to_run = [item for item in new if item[3].kind in ("code", "final")]
         if to_run:
-            paths = [self._code_path(leaf) + [parsed.code] for _, leaf, _, _, parsed in to_run]
+            prefix = {leaf: self._code_path(leaf) for leaf in {item[1] for item in to_run}}
+            paths = [prefix[leaf] + [parsed.code] for _, leaf, _, _, parsed in to_run]
             t0 = time.perf_counter()
             results = self.sandbox.run_steps(paths)
             sandbox_s = time.perf_counter() - t0
@@ -312,24 +313,22 @@ class MCTS:
             self.info.pop(n, None)
 
     # ------------------------------------------------------------------ results
-    def _q(self, node: int) -> float:
-        visits = int(self.forest.view("visits")[node])
-        return float(self.forest.view("value_sum")[node]) / visits if visits else 0.0
-
     def _select_answer(self, tree: _Tree) -> tuple[int | None, str | None]:
         answered = [n for n in tree.terminals if self.info[n].answer]
         if not answered:
             return None, None
+        # every terminal was backed up when it was found, so Q = W/N is defined
+        q = dict(zip(answered, self.forest.q(answered).tolist()))
         mode = self.config.answer_selection
         if mode == "q":
-            best = max(answered, key=lambda n: (self._q(n), -n))
+            best = max(answered, key=lambda n: (q[n], -n))
             return best, self.info[best].answer
         weights = None
         if mode == "qvote":
-            weights = [(self._q(n) + 1.0) / 2.0 + 1e-6 for n in answered]
+            weights = [(q[n] + 1.0) / 2.0 + 1e-6 for n in answered]
         answer = grader.majority_vote([self.info[n].answer for n in answered], weights)
         same = [n for n in answered if grader.answers_equal(self.info[n].answer, answer)]
-        best = max(same or answered, key=lambda n: (self._q(n), -n))
+        best = max(same or answered, key=lambda n: (q[n], -n))
         return best, answer
 
     def _result(self, tree: _Tree) -> dict:
