@@ -25,13 +25,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    from rstar import commands, models
-    from rstar.sandbox import cli as sandbox_cli
+    import importlib
 
-    commands.register(sub)
-    models.register(sub)
-    sandbox_cli.register(sub)
+    # Each concern registers its own sub-commands (`register(subparsers)`).
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a missing dependency of an existing module is a real error
+                raise
+            continue
+        module.register(sub)
     return parser
+
+
+_COMMAND_MODULES = (
+    "rstar.commands",      # solve, run, eval
+    "rstar.export",        # export
+    "rstar.train.cli",     # train ppm | value | sft | dpo
+    "rstar.evolve",        # evolve
+    "rstar.view",          # view
+    "rstar.models",        # model fetch | path | convert
+    "rstar.sandbox.cli",   # sandbox build | check | run
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,8 @@ Spec forms (see :func:`parse_spec`):
 ``"openai:http://host:port/v1[#model]"``  an OpenAI-compatible HTTP server
 ``"http(s)://host:port/v1[#model]"``      the same
 ``"org/name"`` (not a local path)       transformers, from the HF hub
+``"scripted:module:attr"``              :class:`ScriptedPolicy` over the script ``module.attr``
+                                        (tests and benchmarks; importable in every worker)
 ======================================  ==========================================
 """
 
@@ -48,6 +50,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
         return "hf", s[3:]
     if s.startswith("vllm:"):
         return "vllm", s[5:]
+    if s.startswith("scripted:"):
+        return "scripted", s[9:]
     if s.startswith("openai:"):
         return "openai", s[7:]
     if s.startswith(("http://", "https://")):
@@ -74,6 +78,15 @@ def load_policy(spec: str = "default", **opts) -> Policy:
         from rstar.policy.llamacpp import LlamaCppPolicy
 
         return LlamaCppPolicy(ensure_default_model(progress=True), **opts)
+    if backend == "scripted":
+        import importlib
+
+        module, _, attr = target.partition(":")
+        try:
+            script = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ModelUnavailable(f"scripted:{target}: cannot import the script ({exc})") from None
+        return ScriptedPolicy(script, name=f"scripted:{target}", **opts)
     if backend == "llamacpp":
         from rstar.policy.llamacpp import LlamaCppPolicy
 

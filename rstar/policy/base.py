@@ -72,10 +72,18 @@ def normalize_stop(stop: Sequence[str] | str | None) -> list[str]:
     return [s for s in dict.fromkeys(stop) if s]
 
 
-def sample_seed(seed: int | None, prompt_index: int, sample_index: int) -> int:
-    """The seed of sample j of prompt i: reproducible from ``seed``, random when it is None."""
+def sample_seed(seed: "int | Sequence[int] | None", prompt_index: int, sample_index: int) -> int:
+    """The seed of sample j of prompt i: reproducible from ``seed``, random when it is None.
+
+    ``seed`` is one int for the whole call, or a sequence with one seed per prompt: then
+    the samples of prompt i depend only on ``seed[i]`` and j, not on which other prompts
+    share the call (the search gives each leaf a seed from its problem and node, so a
+    problem's samples do not depend on batching, concurrency, resume or dataset splits).
+    """
     if seed is None:
         return random.getrandbits(31)
+    if isinstance(seed, (list, tuple)) or hasattr(seed, "__len__"):
+        return (int(seed[prompt_index]) * 1_000_003 + sample_index * 7_919 + 17) % (2**31 - 1)
     return (int(seed) * 1_000_003 + prompt_index * 7_919 + sample_index) % (2**31 - 1)
 
 
@@ -101,9 +109,9 @@ class Policy(abc.ABC):
         stop: Sequence[str] = (),
         max_tokens: int = 256,
         temperature: float = 0.7,
-        seed: int | None = None,
+        seed: "int | Sequence[int] | None" = None,
     ) -> list[list[Completion]]:
-        """Per prompt (in order), ``n`` completions."""
+        """Per prompt (in order), ``n`` completions. ``seed``: see :func:`sample_seed`."""
 
     def close(self) -> None:
         """Release the model (memory, connections, server handles). Idempotent."""

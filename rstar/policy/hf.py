@@ -109,8 +109,11 @@ class HFPolicy(Policy):
     def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None):
         stops = normalize_stop(stop)
         out: list[list[Completion]] = []
-        for b in range(0, len(prompts), self.batch_size):
-            out.extend(self._batch(prompts[b:b + self.batch_size], b, n, stops, max_tokens,
+        # torch's generator is seeded once per batch: with one seed per prompt, each prompt
+        # is its own batch, so its samples do not depend on its neighbours.
+        size = 1 if isinstance(seed, (list, tuple)) else self.batch_size
+        for b in range(0, len(prompts), size):
+            out.extend(self._batch(prompts[b:b + size], b, n, stops, max_tokens,
                                    temperature, seed))
         return out
 

@@ -1,0 +1,99 @@
+"""The base model every trainer starts from, loaded with transformers on CPU or CUDA.
+
+``load_base(spec)`` accepts what ``--base`` / ``--model`` accept:
+
+* ``"default"``: the built-in GGUF (fetched once), dequantized by transformers;
+* a ``.gguf`` path (``hf:``/``llamacpp:`` prefixes are accepted and dropped);
+* a local HF model directory (including one written by ``rstar train`` with a merged model);
+* an HF hub id (only where a hub can be reached).
+
+GGUF loading needs the ``gguf`` package; transformers dequantizes the weights to
+float32, so the model is trainable. Trainers must set CPU-safe defaults themselves
+(no bf16 on CPU, no gradient checkpointing unless asked): see ``cpu_training_args``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rstar.errors import ModelUnavailable
+
+
+def resolve_base(spec: str) -> tuple[str, str | None]:
+    """``spec`` -> ``(directory_or_id, gguf_file_or_None)`` for ``from_pretrained``."""
+    s = str(spec).strip()
+    for prefix in ("hf:", "llamacpp:", "gguf:"):
+        if s.startswith(prefix):
+            s = s[len(prefix):]
+    if s == "default":
+        from rstar.models import ensure_default_model
+
+        s = str(ensure_default_model(progress=True))
+    p = Path(s).expanduser()
+    if s.lower().endswith(".gguf"):
+        if not p.is_file():
+            raise ModelUnavailable(f"{s}: no such GGUF file")
+        return str(p.parent), p.name
+    if p.is_dir():
+        return str(p), None
+    if p.exists():
+        raise ModelUnavailable(f"{s}: not a .gguf file or a model directory")
+    return s, None
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    where, gguf = resolve_base(spec)
+    kw = {"gguf_file": gguf} if gguf else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(where, **kw)
+    except Exception as exc:  # noqa: BLE001 - one clear line for any loader failure
+        raise ModelUnavailable(f"cannot load the tokenizer of {spec}: {type(exc).__name__}: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(spec: str, kind: str = "causal", dtype: Any = None, **kw):
+    """``(model, tokenizer)`` for ``spec``. ``kind``: ``"causal"`` (a language model) or
+    ``"score"`` (``AutoModelForSequenceClassification`` with one label: a reward head)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    where, gguf = resolve_base(spec)
+    tok = load_tokenizer(spec)
+    args: dict[str, Any] = {"torch_dtype": dtype or torch.float32}
+    if gguf:
+        args["gguf_file"] = gguf
+    args.update(kw)
+    cls = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
+    if kind == "score":
+        args.setdefault("num_labels", 1)
+    try:
+        model = cls.from_pretrained(where, **args)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelUnavailable(f"cannot load {spec} as a base model: {type(exc).__name__}: {exc}") from None
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tok.pad_token_id
+    return model, tok
+
+
+def cpu_training_args() -> dict:
+    """TrainingArguments fields that trainers' GPU defaults get wrong on a CPU."""
+    on_gpu = device() == "cuda"
+    return {
+        "bf16": False,
+        "fp16": False,
+        "gradient_checkpointing": False,
+        "use_cpu": not on_gpu,
+        "dataloader_num_workers": 0,
+        "report_to": [],
+    }
