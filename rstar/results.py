@@ -109,6 +109,10 @@ class ResultWriter:
         self._fh = self.path.open("a", encoding="utf-8")
 
     def write(self, result: dict) -> None:
+        """Append one result, durably. A problem already in the file is not written again
+        (every problem exactly once, whoever delivers it twice)."""
+        if result["id"] in self.done:
+            return
         self._fh.write(json.dumps(result, ensure_ascii=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -154,42 +158,76 @@ def load_results(out_dir: str | Path, repair: bool = False) -> list[dict]:
     return list(by_id.values())
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
+    """95% Wilson score interval of a proportion; None when n == 0."""
+    if n <= 0:
+        return None
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def summarize(results: Iterable[dict]) -> dict:
-    """Accuracy, pass@k, tokens and the time split over a set of problem results."""
+    """Accuracy (with its 95% interval), pass@k, unknown grades, tokens and the time split.
+
+    Grades are three-valued: a problem whose answer the grader could not decide counts in
+    ``unknown`` and in the accuracy's denominator (it was not shown to be right), never as
+    wrong in ``wrong``. Time: the ``*_s`` fields of every problem are its share of the
+    rounds it was in, so they add up to the run's time; ``wall_s`` is each problem's own
+    elapsed time, which overlaps when several problems are in flight.
+    """
     results = list(results)
     n = len(results)
     graded = [r for r in results if r.get("gold") is not None]
+    right = sum(1 for r in graded if r.get("correct") is True)
+    unknown = sum(1 for r in graded if r.get("correct") is None and r.get("answer") is not None)
+    ci = wilson_interval(right, len(graded))
     out = {
         "problems": n,
         "graded": len(graded),
-        "accuracy": (sum(1 for r in graded if r.get("correct")) / len(graded)) if graded else None,
+        "correct": right,
+        "wrong": sum(1 for r in graded if r.get("correct") is False),
+        "unknown": unknown,
+        "accuracy": (right / len(graded)) if graded else None,
+        "accuracy_ci95": list(ci) if ci else None,
         "pass_at_k": (sum(1 for r in graded if r.get("pass_at_k")) / len(graded)) if graded else None,
         "answered": sum(1 for r in results if r.get("answer") is not None),
         "rollouts": sum(r.get("rollouts", 0) for r in results),
         "nodes": sum(r.get("nodes", 0) for r in results),
         "tokens": sum(r.get("tokens", 0) for r in results),
         "gold_rewards": any(r.get("gold_rewards") for r in results),
+        "algos": sorted({r.get("algo", "mcts") for r in results}),
     }
-    t = {"model_s": 0.0, "sandbox_s": 0.0, "other_s": 0.0, "total_s": 0.0}
+    t = {"model_s": 0.0, "sandbox_s": 0.0, "scorer_s": 0.0, "other_s": 0.0, "total_s": 0.0}
+    wall = 0.0
     for r in results:
+        rt = r.get("time", {})
         for k in t:
-            t[k] += float(r.get("time", {}).get(k, 0.0))
+            t[k] += float(rt.get(k, 0.0))
+        wall = max(wall, float(rt.get("wall_s", 0.0)))
     out["time"] = {k: round(v, 3) for k, v in t.items()}
+    out["time"]["longest_problem_wall_s"] = round(wall, 3)
     return out
 
 
 def format_summary(s: dict) -> str:
     lines = [f"problems: {s['problems']}  answered: {s['answered']}"]
     if s["graded"]:
-        acc = f"accuracy: {100 * s['accuracy']:.1f}% ({s['graded']} graded)"
+        lo, hi = s.get("accuracy_ci95") or (0.0, 0.0)
+        acc = (f"accuracy: {100 * s['accuracy']:.1f}% (95% CI {100 * lo:.1f}-{100 * hi:.1f}%, "
+               f"{s.get('correct', 0)} right, {s.get('wrong', 0)} wrong, {s.get('unknown', 0)} ungradable of "
+               f"{s['graded']})")
         if s.get("gold_rewards"):
-            acc += " [search rewarded by gold answers: the selected answer is oracle-guided; use --reward none for a blind figure]"
+            acc += " [search rewarded by gold answers: the selected answer is oracle-guided; use --scorer none for a blind figure]"
         lines.append(acc)
-        lines.append(f"pass@k (any terminal answer correct): {100 * s['pass_at_k']:.1f}%")
+        lines.append(f"pass@k (any finished solution correct): {100 * s['pass_at_k']:.1f}%")
     lines.append(f"rollouts: {s['rollouts']}  nodes: {s['nodes']}  tokens: {s['tokens']}")
     t = s["time"]
     total = t["total_s"] or 1e-9
     lines.append(
         f"time: {t['total_s']:.1f}s  model {100 * t['model_s'] / total:.0f}%  "
-        f"sandbox {100 * t['sandbox_s'] / total:.0f}%  other {100 * t['other_s'] / total:.0f}%")
+        f"sandbox {100 * t['sandbox_s'] / total:.0f}%  scorer {100 * t.get('scorer_s', 0.0) / total:.0f}%  "
+        f"other {100 * t['other_s'] / total:.0f}%")
     return "\n".join(lines)

@@ -1,17 +1,238 @@
 """Scorers: the one place a value comes from (DESIGN.md, "the search layer").
 
 A scorer maps partial or finished solutions to values in [-1, 1], in batches:
-one call per search round. ``None`` means "no value": selection then falls back
-to a vote, and back-up adds nothing for that node.
+one call per search round. ``None`` means "no value": answer selection then
+falls back to a vote, and back-up adds nothing the scorer did not say.
 
     class Scorer(Protocol):
-        name: str                    # as written in recipes and results ("gold", "ppm:/path", ...)
-        needs_gold: bool             # refuses problems without a gold answer
-        scores_partial: bool         # gives values for unfinished solutions (new nodes are initialised with them)
+        name: str               # as written in recipes and results ("gold", "ppm:/path", ...)
+        needs_gold: bool        # refuses problems without a gold answer
+        scores_partial: bool    # gives values for unfinished solutions (new nodes start from them)
         def score(self, items: list[ScoreItem]) -> list[float | None]
         def close(self) -> None
 
 ``load_scorer(spec, policy=None, template=None)`` builds one from its CLI spec:
-``gold``, ``none``, ``self``, ``ppm:PATH``, ``value:PATH``.  Model-based scorers
-(``ppm:``/``value:``) live in ``rstar.ppm`` and are imported on demand.
+
+=============  ==============================================================
+``gold``       +1 / -1 for finished solutions against the gold answer (data
+               generation, rStar-Math round 1); unknown grades give ``None``
+``none``       no value at all: answers are chosen by majority vote
+``self``       the policy grades finished solutions with MCTSr's strict prompt,
+               in [-100, 100] (scores of 95 or more replaced by 50), several
+               samples averaged, mapped to [-1, 1]; unparseable grades are
+               counted in ``unparsed``, never read as 0
+``ppm:PATH``   a trained process preference model (``rstar train ppm``)
+``value:PATH`` a trained value head (``rstar train value``)
+=============  ==============================================================
 """
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+from rstar.errors import RstarError
+
+
+@dataclass
+class ScoreItem:
+    """One partial or finished solution to score."""
+
+    question: str
+    steps: list[str]              # the shown texts of the path's steps (what the policy saw)
+    prompt: str                   # the exact policy prompt: chat prefix + "".join(steps)
+    finished: bool                # the last step ended the solution
+    answer: str | None = None     # the solution's answer, when finished
+    gold: str | None = None       # the gold answer, when known
+    key: tuple = field(default=())  # (problem id, local node id): seeds for sampling scorers
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    name: str
+    needs_gold: bool
+    scores_partial: bool
+
+    def score(self, items: list[ScoreItem]) -> list[float | None]: ...
+
+    def close(self) -> None: ...
+
+
+def grade(pred, gold, timeout: float = 2.0) -> bool | None:
+    """Three-valued grade (rstar.grader.grade): True, False, or None when undecidable."""
+    from rstar import grader
+
+    g = getattr(grader, "grade", None)
+    if g is not None:
+        return g(pred, gold, timeout=timeout)
+    return grader.answers_equal(pred, gold, timeout=timeout)
+
+
+class NoScorer:
+    """No value signal: every item gets ``None``; selection falls back to a vote."""
+
+    name = "none"
+    needs_gold = False
+    scores_partial = False
+
+    def score(self, items: list[ScoreItem]) -> list[float | None]:
+        return [None] * len(items)
+
+    def close(self) -> None:
+        pass
+
+
+class GoldScorer:
+    """rStar-Math's terminal reward: +1 when the answer grades equal to the gold answer,
+    -1 when it grades unequal or there is no answer; ``None`` when the grader cannot
+    decide (an unknown grade is never a wrong one). Partial solutions get ``None``."""
+
+    name = "gold"
+    needs_gold = True
+    scores_partial = False
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self.timeout = timeout
+
+    def score(self, items: list[ScoreItem]) -> list[float | None]:
+        out: list[float | None] = []
+        for it in items:
+            if not it.finished or it.gold is None:
+                out.append(None)
+            elif not it.answer:
+                out.append(-1.0)
+            else:
+                g = grade(it.answer, it.gold, timeout=self.timeout)
+                out.append(None if g is None else (1.0 if g else -1.0))
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+# MCTSr's self-evaluation (METHODS.md section 2): a strict grade in [-100, 100].
+SELF_EVAL_PROMPT = (
+    "Question: {question}\n\n"
+    "Here is a proposed solution, written as a Python program with its printed output:\n\n"
+    "{solution}\n\n"
+    "Analyze this solution strictly and critically: point out every flaw in the reasoning, the code "
+    "and the final answer. Be extremely demanding: do not give full marks. Then output a score "
+    "between -100 and 100 on its own last line, in the form \"Score: N\"."
+)
+_SCORE_RE = re.compile(r"score\s*[:=]?\s*\**\s*(-?\d{1,3}(?:\.\d+)?)", re.IGNORECASE)
+_NUMBER_RE = re.compile(r"(?<![\w.])(-?\d{1,3}(?:\.\d+)?)(?![\w.])")
+FULL_MARKS = 95.0      # grades at or above this are replaced (MCTSr's "no full marks" rule)
+FULL_MARKS_VALUE = 50.0
+
+
+def parse_grade(text: str) -> float | None:
+    """The grade in a self-evaluation: the last "Score: N" (else a lone number on the last
+    non-empty line) within [-100, 100], with the no-full-marks rule; ``None`` if none."""
+    if not text:
+        return None
+    found = _SCORE_RE.findall(text)
+    if not found:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        if not lines:
+            return None
+        nums = _NUMBER_RE.findall(lines[-1])
+        if len(nums) != 1:
+            return None
+        found = nums
+    value = float(found[-1])
+    if not -100.0 <= value <= 100.0:
+        return None
+    if value >= FULL_MARKS:
+        value = FULL_MARKS_VALUE
+    return value
+
+
+def stable_seed(*parts) -> int:
+    """A seed that depends only on ``parts`` (never on Python's hash randomisation)."""
+    return zlib.crc32("\x1f".join(map(str, parts)).encode("utf-8")) & 0x7FFFFFFF
+
+
+class SelfEvalScorer:
+    """The policy grades finished solutions (MCTSr's prompt); partial ones get ``None``.
+
+    Each finished item is graded ``samples`` times; the value is the mean of the parsed
+    grades / 100. Grades that do not parse are counted in ``self.unparsed`` and left out;
+    an item none of whose grades parse gets ``None``.
+    """
+
+    needs_gold = False
+    scores_partial = False
+
+    def __init__(self, policy, samples: int = 3, temperature: float = 0.7, max_tokens: int = 256,
+                 seed: int = 0) -> None:
+        if policy is None:
+            raise RstarError("the 'self' scorer needs the policy model")
+        self.name = "self"
+        self.policy = policy
+        self.samples = samples
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self.unparsed = 0
+        self.graded = 0
+
+    def grades(self, questions: Sequence[str], solutions: Sequence[str], keys: Sequence[tuple]) -> list[list[float]]:
+        """Parsed grades in [-100, 100] for each (question, solution); unparseable ones dropped."""
+        if not questions:
+            return []
+        prompts = [self.policy.format_chat([{"role": "user", "content": SELF_EVAL_PROMPT.format(
+            question=q, solution=s)}]) for q, s in zip(questions, solutions)]
+        seeds = [stable_seed(self.seed, "self-eval", *k) for k in keys]
+        comps = self.policy.generate(prompts, n=self.samples, stop=[], max_tokens=self.max_tokens,
+                                     temperature=self.temperature, seed=seeds)
+        out = []
+        for cs in comps:
+            got = []
+            for c in cs:
+                g = parse_grade(c.text)
+                self.graded += 1
+                if g is None:
+                    self.unparsed += 1
+                else:
+                    got.append(g)
+            out.append(got)
+        return out
+
+    def score(self, items: list[ScoreItem]) -> list[float | None]:
+        idx = [i for i, it in enumerate(items) if it.finished and it.answer]
+        out: list[float | None] = [None] * len(items)
+        grades = self.grades([items[i].question for i in idx],
+                             ["".join(items[i].steps) for i in idx],
+                             [items[i].key or (i,) for i in idx])
+        for i, g in zip(idx, grades):
+            out[i] = (sum(g) / len(g) / 100.0) if g else None
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+SCORER_SPECS = "gold, none, self, ppm:PATH, value:PATH"
+
+
+def load_scorer(spec: str, policy=None, template=None, seed: int = 0, **opts) -> Scorer:
+    """Build a scorer from its CLI spec (see the module docstring)."""
+    s = str(spec or "none").strip()
+    if s == "gold":
+        return GoldScorer()
+    if s == "none":
+        return NoScorer()
+    if s == "self":
+        return SelfEvalScorer(policy, seed=seed, **opts)
+    kind, _, path = s.partition(":")
+    if kind in ("ppm", "value") and path:
+        try:
+            from rstar import ppm
+        except ModuleNotFoundError as exc:
+            raise RstarError(f"--scorer {s}: the PPM support is not installed ({exc})") from None
+        loader = ppm.load_ppm_scorer if kind == "ppm" else ppm.load_value_scorer
+        scorer = loader(path, policy=policy)
+        return scorer
+    raise RstarError(f"unknown scorer {s!r}; use one of: {SCORER_SPECS}")
