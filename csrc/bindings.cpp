@@ -113,12 +113,21 @@ py::array_t<T> to_numpy(std::vector<T>&& v) {
 double default_c(int rule) { return rule == rstar::PUCT ? 1.25 : rule == rstar::MCTSR ? 1.4 : 2.0; }
 double default_first_play(int rule) { return rule == rstar::PUCT ? 0.0 : INFINITY; }
 
-RuleParams make_params(int rule, std::optional<double> c, std::optional<double> first_play, double eps) {
+int32_t to_max_children(int64_t k) {
+  if (k < 0 || k > rstar::MAX_CHILDREN)
+    throw py::value_error("max_children must lie in [0, " + std::to_string(rstar::MAX_CHILDREN) +
+                          "] (0: never stop early), got " + std::to_string(k));
+  return static_cast<int32_t>(k);
+}
+
+RuleParams make_params(int rule, std::optional<double> c, std::optional<double> first_play, double eps,
+                       int64_t max_children) {
   RuleParams p;
   p.rule = rule;
   p.c = c ? *c : default_c(rule);
   p.first_play = first_play ? *first_play : default_first_play(rule);
   p.eps = eps;
+  p.max_children = to_max_children(max_children);
   return p;
 }
 
@@ -128,6 +137,7 @@ py::dict params_dict(const RuleParams& p) {
   d["c"] = p.c;
   d["first_play"] = p.first_play;
   d["eps"] = p.eps;
+  d["max_children"] = p.max_children;
   return d;
 }
 
@@ -215,6 +225,10 @@ PYBIND11_MODULE(_core, m) {
   m.attr("TERMINAL") = static_cast<int>(rstar::TERMINAL);
   m.attr("INVALID") = static_cast<int>(rstar::INVALID);
   m.attr("PENDING") = static_cast<int>(rstar::PENDING);
+  m.attr("EXHAUSTED") = static_cast<int>(rstar::EXHAUSTED);
+  m.attr("UNBORN") = static_cast<int>(rstar::UNBORN);
+  m.attr("RELEASED") = static_cast<int>(rstar::RELEASED);
+  m.attr("DEAD") = static_cast<int>(rstar::DEAD);
   m.attr("NO_PARENT") = static_cast<int>(rstar::NO_PARENT);
   m.attr("BYTES_PER_NODE") = static_cast<int>(rstar::BYTES_PER_NODE);
   py::list fields;
@@ -224,60 +238,88 @@ PYBIND11_MODULE(_core, m) {
   py::class_<Forest>(m, "Forest")
       .def(py::init<double>(), py::arg("virtual_loss") = 1.0)
       .def_property_readonly("num_nodes", [](Forest& f) { return locked(f, [&] { return f.num_nodes(); }); })
+      .def_property_readonly("num_live", [](Forest& f) { return locked(f, [&] { return f.num_live(); }); })
       .def_property_readonly("capacity", [](Forest& f) { return locked(f, [&] { return f.capacity(); }); })
       .def_property_readonly("virtual_loss", &Forest::virtual_loss)
       .def("__len__", [](Forest& f) { return locked(f, [&] { return f.num_nodes(); }); })
       .def(
           "create_roots",
-          [](Forest& f, int64_t n, int rule, std::optional<double> c, std::optional<double> first_play, double eps) {
-            RuleParams p = make_params(rule, c, first_play, eps);
+          [](Forest& f, int64_t n, int rule, std::optional<double> c, std::optional<double> first_play, double eps,
+             int64_t max_children) {
+            RuleParams p = make_params(rule, c, first_play, eps, max_children);
             return to_numpy(locked(f, [&] { return f.create_roots(n, p); }));
           },
           py::arg("n"), py::arg("rule") = 0, py::arg("c") = py::none(), py::arg("first_play") = py::none(),
-          py::arg("eps") = 1e-5)
+          py::arg("eps") = 1e-5, py::arg("max_children") = 0)
       .def(
           "set_rule",
           [](Forest& f, py::handle roots, int rule, std::optional<double> c, std::optional<double> first_play,
-             double eps) {
+             double eps, int64_t max_children) {
             auto r = to_ids(roots, "roots");
-            RuleParams p = make_params(rule, c, first_play, eps);
+            RuleParams p = make_params(rule, c, first_play, eps, max_children);
             locked(f, [&] { f.set_rule(r, p); });
           },
           py::arg("roots"), py::arg("rule") = 0, py::arg("c") = py::none(), py::arg("first_play") = py::none(),
-          py::arg("eps") = 1e-5)
+          py::arg("eps") = 1e-5, py::arg("max_children") = 0)
       .def(
           "get_rule", [](Forest& f, int64_t root) { return params_dict(locked(f, [&] { return f.get_rule(root); })); },
           py::arg("root"))
       .def(
           "select",
           [](Forest& f, py::handle roots, int64_t k, std::optional<int> rule, std::optional<double> c,
-             std::optional<double> first_play, std::optional<double> eps) {
+             std::optional<double> first_play, std::optional<double> eps, std::optional<int64_t> max_children) {
             auto r = to_ids(roots, "roots");
             RuleOverride ov;
             if (rule) {
               ov.mask |= RuleOverride::RULE;
-              ov.params = make_params(*rule, c, first_play, eps ? *eps : 1e-5);
+              ov.params = make_params(*rule, c, first_play, eps ? *eps : 1e-5, max_children ? *max_children : 0);
             } else {
               if (c) ov.mask |= RuleOverride::C, ov.params.c = *c;
               if (first_play) ov.mask |= RuleOverride::FIRST_PLAY, ov.params.first_play = *first_play;
               if (eps) ov.mask |= RuleOverride::EPS, ov.params.eps = *eps;
+              if (max_children) {
+                ov.mask |= RuleOverride::MAX_CHILDREN_PARAM;
+                ov.params.max_children = to_max_children(*max_children);
+              }
             }
             std::vector<int64_t> leaves, owner;
             locked(f, [&] { f.select(r, k, ov.mask ? &ov : nullptr, leaves, owner); });
             return py::make_tuple(to_numpy(std::move(leaves)), to_numpy(std::move(owner)));
           },
           py::arg("roots"), py::arg("k") = 1, py::arg("rule") = py::none(), py::arg("c") = py::none(),
-          py::arg("first_play") = py::none(), py::arg("eps") = py::none())
+          py::arg("first_play") = py::none(), py::arg("eps") = py::none(), py::arg("max_children") = py::none())
       .def(
           "expand",
-          [](Forest& f, py::handle leaves, py::handle counts, py::handle priors) {
+          [](Forest& f, py::handle leaves, py::handle counts, py::handle priors, py::handle reserve) {
             auto l = to_ids(leaves, "leaves");
             auto c = to_ids(counts, "counts");
             std::optional<std::vector<double>> p;
             if (!priors.is_none()) p = to_floats(priors, "priors");
-            return to_numpy(locked(f, [&] { return f.expand(l, c, p ? &*p : nullptr); }));
+            std::optional<std::vector<int64_t>> res;
+            if (!reserve.is_none()) res = to_ids(reserve, "reserve");
+            return to_numpy(locked(f, [&] { return f.expand(l, c, p ? &*p : nullptr, res ? &*res : nullptr); }));
           },
-          py::arg("leaves"), py::arg("counts"), py::arg("priors") = py::none())
+          py::arg("leaves"), py::arg("counts"), py::arg("priors") = py::none(), py::arg("reserve") = py::none())
+      .def(
+          "add_children",
+          [](Forest& f, py::handle nodes, py::handle counts, py::handle priors, py::handle reserve) {
+            auto n = to_ids(nodes, "nodes");
+            auto c = to_ids(counts, "counts");
+            std::optional<std::vector<double>> p;
+            if (!priors.is_none()) p = to_floats(priors, "priors");
+            std::optional<std::vector<int64_t>> res;
+            if (!reserve.is_none()) res = to_ids(reserve, "reserve");
+            return to_numpy(
+                locked(f, [&] { return f.add_children(n, c, p ? &*p : nullptr, res ? &*res : nullptr); }));
+          },
+          py::arg("nodes"), py::arg("counts"), py::arg("priors") = py::none(), py::arg("reserve") = py::none())
+      .def(
+          "release",
+          [](Forest& f, py::handle roots) {
+            auto r = to_ids(roots, "roots");
+            locked(f, [&] { f.release(r); });
+          },
+          py::arg("roots"))
       .def(
           "backprop",
           [](Forest& f, py::handle leaves, py::handle values) {
@@ -414,6 +456,7 @@ PYBIND11_MODULE(_core, m) {
             d["c"] = numpy().attr("array")(rp.c, py::dtype::of<double>());
             d["first_play"] = numpy().attr("array")(rp.first_play, py::dtype::of<double>());
             d["eps"] = numpy().attr("array")(rp.eps, py::dtype::of<double>());
+            d["max_children"] = numpy().attr("array")(rp.max_children, py::dtype::of<int64_t>());
             return d;
           },
           py::arg("root"))
@@ -448,6 +491,12 @@ PYBIND11_MODULE(_core, m) {
             a.params.c = import_scalar(arrays, "c");
             a.params.first_play = import_scalar(arrays, "first_play");
             a.params.eps = import_scalar(arrays, "eps");
+            if (arrays.contains("max_children")) {  // absent in trees saved before it existed: 0
+              const double k = import_scalar(arrays, "max_children");
+              if (!(k >= 0 && k <= rstar::MAX_CHILDREN) || k != std::floor(k))
+                throw py::value_error("import_tree: max_children must be an integer in [0, 65535]");
+              a.params.max_children = static_cast<int32_t>(k);
+            }
             return locked(f, [&] { return f.import_tree(a); });
           },
           py::arg("arrays"));

@@ -161,6 +161,12 @@ void Forest::check_id(int64_t id, const char* what) const {
   if (id < 0 || id >= size_)
     fail(std::string(what) + ": node id " + id_str(id) + " is out of range (this forest has " +
          id_str(size_) + " nodes)");
+  const uint8_t fl = flags[id];
+  if (fl & NOT_A_NODE) {
+    if (fl & RELEASED) fail(std::string(what) + ": node " + id_str(id) + " was released");
+    fail(std::string(what) + ": node " + id_str(id) + " is an unborn child slot of node " + id_str(parent[id]) +
+         " (add_children turns it into a child)");
+  }
 }
 
 void Forest::check_root(int64_t id, const char* what) const {
@@ -175,6 +181,9 @@ void Forest::check_params(const RuleParams& p) {
   if (!std::isfinite(p.c) || p.c < 0) fail("c must be a finite number >= 0, got " + std::to_string(p.c));
   if (std::isnan(p.first_play)) fail("first_play must not be NaN");
   if (!std::isfinite(p.eps) || p.eps <= 0) fail("eps must be a finite number > 0, got " + std::to_string(p.eps));
+  if (p.max_children < 0 || p.max_children > MAX_CHILDREN)
+    fail("max_children must lie in [0, " + id_str(MAX_CHILDREN) + "] (0: never stop early), got " +
+         std::to_string(p.max_children));
 }
 
 const RuleParams& Forest::params_of_root(int32_t root) const {
@@ -183,20 +192,114 @@ const RuleParams& Forest::params_of_root(int32_t root) const {
   return it->second;
 }
 
+// ---------------------------------------------------------------- slots
+
+void Forest::fill_fresh(size_t lo, size_t n) {
+  std::fill_n(first_child.p + lo, n, NO_PARENT);
+  std::fill_n(num_children.p + lo, n, uint16_t(0));
+  std::fill_n(flags.p + lo, n, uint8_t(0));
+  std::fill_n(visits.p + lo, n, 0);
+  std::fill_n(in_flight.p + lo, n, 0);
+  std::fill_n(value_sum.p + lo, n, 0.0);
+  std::fill_n(reward_min.p + lo, n, std::numeric_limits<float>::infinity());
+  std::fill_n(reward_sum.p + lo, n, 0.0f);
+  std::fill_n(reward_count.p + lo, n, uint16_t(0));
+  std::fill_n(q_backed.p + lo, n, kNaNf);
+}
+
+int32_t Forest::unborn_after(int32_t node) const {
+  if (first_child[node] == NO_PARENT) return 0;
+  int64_t s = static_cast<int64_t>(first_child[node]) + num_children[node];
+  const int64_t start = s;
+  while (s < size_ && (flags[s] & UNBORN) && parent[s] == node) ++s;
+  return static_cast<int32_t>(s - start);
+}
+
+int64_t Forest::take(int64_t n, int64_t& top, std::vector<std::pair<int64_t, int64_t>>& taken) {
+  if (!free_lens_.empty() && *free_lens_.rbegin() >= n) {
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->second < n) continue;
+      const int64_t start = it->first, len = it->second;
+      free_lens_.erase(free_lens_.find(len));
+      free_.erase(it);
+      if (len > n) {
+        free_.emplace(start + n, len - n);
+        free_lens_.insert(len - n);
+      }
+      taken.emplace_back(start, n);
+      return start;
+    }
+  }
+  const int64_t id = top;
+  top += n;
+  return id;
+}
+
+void Forest::commit_top(int64_t top, const std::vector<std::pair<int64_t, int64_t>>& taken) {
+  if (top <= size_) return;
+  try {
+    grow(top - size_);
+  } catch (...) {
+    for (const auto& t : taken) free_range(t.first, t.second);
+    throw;
+  }
+  size_ = top;
+}
+
+void Forest::free_range(int64_t lo, int64_t n) {
+  if (n <= 0) return;
+  auto next = free_.lower_bound(lo);
+  if (next != free_.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == lo) {
+      lo = prev->first;
+      n += prev->second;
+      free_lens_.erase(free_lens_.find(prev->second));
+      free_.erase(prev);
+    }
+  }
+  if (next != free_.end() && lo + n == next->first) {
+    n += next->second;
+    free_lens_.erase(free_lens_.find(next->second));
+    free_.erase(next);
+  }
+  free_.emplace(lo, n);
+  free_lens_.insert(n);
+}
+
+void Forest::check_distinct(const std::vector<int64_t>& ids, const char* what, const char* noun) {
+  // a scratch bit on each id, always cleared again (ids are checked live first)
+  size_t dup = ids.size();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (flags[ids[i]] & SCRATCH) { dup = i; break; }
+    flags[ids[i]] |= SCRATCH;
+  }
+  for (size_t i = 0; i < dup; ++i) flags[ids[i]] &= static_cast<uint8_t>(~SCRATCH);
+  if (dup != ids.size())
+    fail(std::string(what) + ": node " + id_str(ids[dup]) + " appears twice in " + noun);
+}
+
 // ---------------------------------------------------------------- roots, rules
 
 std::vector<int64_t> Forest::create_roots(int64_t n, const RuleParams& params) {
   if (n < 0) fail("create_roots: n must be >= 0, got " + id_str(n));
   check_params(params);
-  grow(n);
+  if (n > (int64_t(1) << 20)) {  // refuse an impossible n before allocating its output
+    int64_t free_slots = 0;
+    for (const auto& r : free_) free_slots += r.second;
+    if (n > MAX_NODES - size_ + free_slots)
+      fail("the arena would exceed " + id_str(MAX_NODES) + " nodes (ids are int32)");
+  }
   std::vector<int64_t> out(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t id = size_ + i;
+  int64_t top = size_;
+  std::vector<std::pair<int64_t, int64_t>> taken;
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = take(1, top, taken);
+  commit_top(top, taken);
+  for (int64_t id : out) {
     init_node(id, NO_PARENT, 0, 1.0f);
     rules_[static_cast<int32_t>(id)] = params;
-    out[static_cast<size_t>(i)] = id;
   }
-  size_ += n;
+  live_ += n;
   return out;
 }
 
@@ -289,11 +392,22 @@ bool Forest::descend(int32_t root, const RuleParams& rp, int32_t& leaf) const {
   void (*const score)(const ScoreArgs&, int32_t, int32_t, double*, double*) =
       rule == UCT ? scores_uct : rule == PUCT ? scores_puct : scores_mctsr;
   const double fp = rp.first_play;
+  const int32_t max_kids = rp.max_children;
   double sc[kChunk], bonus[kChunk];
   int32_t node = root;
   while (num_children[node] > 0) {
     const int32_t first = first_child[node];
     const int32_t end = first + static_cast<int32_t>(num_children[node]);
+    if (num_children[node] < max_kids && !(flags[node] & PENDING)) {
+      // expandable unless some child's quality beats the node's (NaN compares false)
+      const float qn = q_backed[node];
+      int32_t ch = first;
+      while (ch < end && !(q_backed[ch] > qn)) ++ch;
+      if (ch == end) {
+        leaf = node;
+        return true;
+      }
+    }
     const double np = static_cast<double>(static_cast<int64_t>(visits[node]) + in_flight[node]);
     if (rule == UCT) a.log_np = std::log(np > 1.0 ? np : 1.0);
     else if (rule == PUCT) a.sqrt_np = std::sqrt(np);
@@ -335,6 +449,8 @@ void Forest::select(const std::vector<int64_t>& roots, int64_t k, const RuleOver
     check_root(r, "select");
     if (flags[r] & TERMINAL) fail("select: root " + id_str(r) + " is terminal (its whole tree is finished)");
     if (flags[r] & INVALID) fail("select: root " + id_str(r) + " is invalid");
+    if (flags[r] & EXHAUSTED)
+      fail("select: root " + id_str(r) + " is exhausted (every child below it is terminal or invalid)");
     if (ov) check_params(ov->apply(params_of_root(static_cast<int32_t>(r))));
   }
   leaves.reserve(leaves.size() + roots.size() * static_cast<size_t>(std::min<int64_t>(k, 64)));
@@ -352,84 +468,171 @@ void Forest::select(const std::vector<int64_t>& roots, int64_t k, const RuleOver
   }
 }
 
-// ---------------------------------------------------------------- expand
+// ---------------------------------------------------------------- expand, add_children, release
 
 std::vector<int64_t> Forest::expand(const std::vector<int64_t>& leaves, const std::vector<int64_t>& counts,
-                                    const std::vector<double>* priors) {
-  if (leaves.size() != counts.size())
-    fail("expand: leaves and counts differ in length (" + std::to_string(leaves.size()) + " vs " +
-         std::to_string(counts.size()) + ")");
+                                    const std::vector<double>* priors, const std::vector<int64_t>* reserve) {
+  return make_children(leaves, counts, priors, reserve, false, "expand");
+}
+
+std::vector<int64_t> Forest::add_children(const std::vector<int64_t>& nodes, const std::vector<int64_t>& counts,
+                                          const std::vector<double>* priors, const std::vector<int64_t>* reserve) {
+  return make_children(nodes, counts, priors, reserve, true, "add_children");
+}
+
+void Forest::clear_exhausted_up(int32_t node) {
+  // EXHAUSTED means "every born child is dead": a node that gains a live child is no longer,
+  // and neither is each exhausted ancestor above it, until one that stays dead.
+  for (int32_t n = node; n != NO_PARENT && (flags[n] & EXHAUSTED); n = parent[n]) {
+    flags[n] &= static_cast<uint8_t>(~EXHAUSTED);
+    if (flags[n] & DEAD) break;
+  }
+}
+
+std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, const std::vector<int64_t>& counts,
+                                           const std::vector<double>* priors, const std::vector<int64_t>* reserve,
+                                           bool append, const char* what) {
+  const std::string w(what);
+  if (nodes.size() != counts.size())
+    fail(w + ": " + (append ? "nodes" : "leaves") + " and counts differ in length (" + std::to_string(nodes.size()) +
+         " vs " + std::to_string(counts.size()) + ")");
+  if (reserve && reserve->size() != nodes.size())
+    fail(w + ": reserve has length " + std::to_string(reserve->size()) + " but there are " +
+         std::to_string(nodes.size()) + " nodes");
   int64_t total = 0;
-  for (size_t i = 0; i < leaves.size(); ++i) {
-    const int64_t id = leaves[i];
-    check_id(id, "expand");
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const int64_t id = nodes[i];
+    check_id(id, what);
     const int64_t cnt = counts[i];
-    if (cnt < 0) fail("expand: counts[" + std::to_string(i) + "] is negative (" + id_str(cnt) + ")");
-    if (cnt > MAX_CHILDREN)
-      fail("expand: counts[" + std::to_string(i) + "] = " + id_str(cnt) + " exceeds " + id_str(MAX_CHILDREN));
-    if (flags[id] & EXPANDED) fail("expand: node " + id_str(id) + " is already expanded");
-    if (flags[id] & TERMINAL) fail("expand: node " + id_str(id) + " is terminal");
-    if (flags[id] & INVALID) fail("expand: node " + id_str(id) + " is invalid");
-    if (cnt > 0 && depth[id] >= MAX_DEPTH)
-      fail("expand: node " + id_str(id) + " is at the maximum depth " + id_str(MAX_DEPTH));
+    const std::string at = "[" + std::to_string(i) + "]";
+    if (cnt < 0) fail(w + ": counts" + at + " is negative (" + id_str(cnt) + ")");
+    if (cnt > MAX_CHILDREN) fail(w + ": counts" + at + " = " + id_str(cnt) + " exceeds " + id_str(MAX_CHILDREN));
+    const int64_t res = reserve ? (*reserve)[i] : cnt;
+    if (res < cnt) fail(w + ": reserve" + at + " = " + id_str(res) + " is less than counts" + at + " = " + id_str(cnt));
+    if (res > MAX_CHILDREN) fail(w + ": reserve" + at + " = " + id_str(res) + " exceeds " + id_str(MAX_CHILDREN));
+    const uint8_t fl = flags[id];
+    if (fl & TERMINAL) fail(w + ": node " + id_str(id) + " is terminal");
+    if (fl & INVALID) fail(w + ": node " + id_str(id) + " is invalid");
+    const bool has_block = first_child[id] != NO_PARENT;
+    if (!append) {
+      if (fl & EXPANDED) fail(w + ": node " + id_str(id) + " is already expanded (add_children adds more)");
+      if (has_block) fail(w + ": node " + id_str(id) + " already has reserved child slots (use add_children)");
+    } else if (has_block) {
+      const int32_t left = unborn_after(static_cast<int32_t>(id));
+      if (cnt > left)
+        fail(w + ": node " + id_str(id) + " has " + std::to_string(left) + " unborn child slot(s) left, counts" + at +
+             " = " + id_str(cnt) + " (expand it with a larger reserve= to keep room for later children)");
+      continue;
+    }
+    if (res > 0 && depth[id] >= MAX_DEPTH)
+      fail(w + ": node " + id_str(id) + " is at the maximum depth " + id_str(MAX_DEPTH));
     total += cnt;
   }
-  // Duplicates (marked with a scratch bit that is always cleared again).
-  size_t dup = leaves.size();
-  for (size_t i = 0; i < leaves.size(); ++i) {
-    if (flags[leaves[i]] & SCRATCH) { dup = i; break; }
-    flags[leaves[i]] |= SCRATCH;
+  if (append) {
+    total = 0;
+    for (int64_t c : counts) total += c;
   }
-  for (size_t i = 0; i < dup; ++i) flags[leaves[i]] &= static_cast<uint8_t>(~SCRATCH);
-  if (dup != leaves.size()) fail("expand: node " + id_str(leaves[dup]) + " appears twice in leaves");
+  check_distinct(nodes, what, append ? "nodes" : "leaves");
   if (priors) {
     if (static_cast<int64_t>(priors->size()) != total)
-      fail("expand: priors has length " + std::to_string(priors->size()) + " but counts sum to " + id_str(total));
+      fail(w + ": priors has length " + std::to_string(priors->size()) + " but counts sum to " + id_str(total));
     for (size_t j = 0; j < priors->size(); ++j) {
       const double p = (*priors)[j];
       if (!std::isfinite(p) || p < 0 || p > static_cast<double>(FLT_MAX))
-        fail("expand: priors[" + std::to_string(j) + "] = " + std::to_string(p) +
+        fail(w + ": priors[" + std::to_string(j) + "] = " + std::to_string(p) +
              " is not a finite number in [0, FLT_MAX]");
     }
   }
-  grow(total);
-  // The new nodes are [size_, size_ + total): the columns every new node
-  // starts with the same value in are filled in one pass each, the rest
-  // (parent, depth, prior) per leaf over its contiguous children.
-  const size_t lo = static_cast<size_t>(size_), n_new = static_cast<size_t>(total);
-  std::fill_n(first_child.p + lo, n_new, NO_PARENT);
-  std::fill_n(num_children.p + lo, n_new, uint16_t(0));
-  std::fill_n(flags.p + lo, n_new, uint8_t(0));
-  std::fill_n(visits.p + lo, n_new, 0);
-  std::fill_n(in_flight.p + lo, n_new, 0);
-  std::fill_n(value_sum.p + lo, n_new, 0.0);
-  std::fill_n(reward_min.p + lo, n_new, std::numeric_limits<float>::infinity());
-  std::fill_n(reward_sum.p + lo, n_new, 0.0f);
-  std::fill_n(reward_count.p + lo, n_new, uint16_t(0));
-  std::fill_n(q_backed.p + lo, n_new, kNaNf);
-  std::vector<int64_t> out(n_new);
-  for (size_t j = 0; j < n_new; ++j) out[j] = static_cast<int64_t>(lo + j);
-  size_t next = lo;
-  for (size_t i = 0; i < leaves.size(); ++i) {
+  // Blocks for the nodes that have none, in the order given.
+  const int64_t old_size = size_;
+  int64_t top = size_;
+  std::vector<std::pair<int64_t, int64_t>> taken;
+  std::vector<int64_t> block(nodes.size(), -1);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (first_child[nodes[i]] != NO_PARENT) continue;
+    const int64_t res = reserve ? (*reserve)[i] : counts[i];
+    if (res > 0) block[i] = take(res, top, taken);
+  }
+  commit_top(top, taken);
+  // Fresh blocks: every slot starts as a fresh node, the columns that are the same for all
+  // in one pass over the new top (blocks there are contiguous, in order) plus one per block
+  // taken from the free ranges.
+  if (top > old_size) fill_fresh(static_cast<size_t>(old_size), static_cast<size_t>(top - old_size));
+  for (const auto& t : taken) fill_fresh(static_cast<size_t>(t.first), static_cast<size_t>(t.second));
+  std::vector<int64_t> out(static_cast<size_t>(total));
+  size_t j = 0;  // index into out / priors
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const int64_t id = nodes[i];
     const size_t cnt = static_cast<size_t>(counts[i]);
+    size_t lo;  // first slot to be born
+    if (block[i] >= 0) {
+      const size_t res = static_cast<size_t>(reserve ? (*reserve)[i] : counts[i]);
+      lo = static_cast<size_t>(block[i]);
+      first_child[id] = static_cast<int32_t>(lo);
+      std::fill_n(parent.p + lo, res, static_cast<int32_t>(id));
+      std::fill_n(depth.p + lo, res, static_cast<uint16_t>(depth[id] + 1));
+      if (res > cnt) {
+        std::fill_n(flags.p + lo + cnt, res - cnt, uint8_t(UNBORN));
+        std::fill_n(prior.p + lo + cnt, res - cnt, 0.0f);
+      }
+    } else {
+      if (cnt == 0) continue;
+      lo = static_cast<size_t>(first_child[id]) + num_children[id];
+      std::fill_n(flags.p + lo, cnt, uint8_t(0));
+    }
     if (cnt == 0) continue;
-    const int64_t id = leaves[i];
-    first_child[id] = static_cast<int32_t>(next);
-    num_children[id] = static_cast<uint16_t>(cnt);
+    num_children[id] = static_cast<uint16_t>(num_children[id] + cnt);
     flags[id] |= EXPANDED;
-    std::fill_n(parent.p + next, cnt, static_cast<int32_t>(id));
-    std::fill_n(depth.p + next, cnt, static_cast<uint16_t>(depth[id] + 1));
+    if (flags[id] & EXHAUSTED) clear_exhausted_up(static_cast<int32_t>(id));
     if (priors) {
-      const double* src = priors->data() + (next - lo);
-      float* dst = prior.p + next;
+      const double* src = priors->data() + j;
+      float* dst = prior.p + lo;
       for (size_t c = 0; c < cnt; ++c) dst[c] = static_cast<float>(src[c]);
     } else {
-      std::fill_n(prior.p + next, cnt, static_cast<float>(1.0 / static_cast<double>(cnt)));
+      std::fill_n(prior.p + lo, cnt, static_cast<float>(1.0 / static_cast<double>(cnt)));
     }
-    next += cnt;
+    for (size_t c = 0; c < cnt; ++c) out[j + c] = static_cast<int64_t>(lo + c);
+    j += cnt;
   }
-  size_ = static_cast<int64_t>(next);
+  live_ += total;
   return out;
+}
+
+void Forest::release(const std::vector<int64_t>& roots) {
+  for (int64_t r : roots) {
+    check_root(r, "release");
+    if (in_flight[r] > 0)
+      fail("release: root " + id_str(r) + " has " + std::to_string(in_flight[r]) +
+           " selection(s) in flight (backprop or cancel them first)");
+  }
+  check_distinct(roots, "release", "roots");
+  std::vector<int32_t> stack;
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // slots to free
+  int64_t released = 0;
+  for (int64_t r : roots) {
+    stack.assign(1, static_cast<int32_t>(r));
+    ranges.emplace_back(r, 1);
+    while (!stack.empty()) {
+      const int32_t n = stack.back();
+      stack.pop_back();
+      ++released;
+      if (first_child[n] == NO_PARENT) continue;
+      const int32_t first = first_child[n], born = num_children[n];
+      ranges.emplace_back(first, static_cast<int64_t>(born) + unborn_after(n));
+      for (int32_t c = first; c < first + born; ++c) stack.push_back(c);
+    }
+    rules_.erase(static_cast<int32_t>(r));
+  }
+  for (const auto& rg : ranges) {
+    const size_t lo = static_cast<size_t>(rg.first), n = static_cast<size_t>(rg.second);
+    fill_fresh(lo, n);
+    std::fill_n(parent.p + lo, n, NO_PARENT);
+    std::fill_n(depth.p + lo, n, uint16_t(0));
+    std::fill_n(prior.p + lo, n, 0.0f);
+    std::fill_n(flags.p + lo, n, uint8_t(RELEASED));
+  }
+  for (const auto& rg : ranges) free_range(rg.first, rg.second);
+  live_ -= released;
 }
 
 // ---------------------------------------------------------------- backprop, cancel
@@ -441,13 +644,7 @@ void Forest::check_pending(const std::vector<int64_t>& leaves, const char* what)
       fail(std::string(what) + ": node " + id_str(id) +
            " has no selection in flight (it was not returned by select, or was already backed up or cancelled)");
   }
-  size_t dup = leaves.size();
-  for (size_t i = 0; i < leaves.size(); ++i) {
-    if (flags[leaves[i]] & SCRATCH) { dup = i; break; }
-    flags[leaves[i]] |= SCRATCH;
-  }
-  for (size_t i = 0; i < dup; ++i) flags[leaves[i]] &= static_cast<uint8_t>(~SCRATCH);
-  if (dup != leaves.size()) fail(std::string(what) + ": node " + id_str(leaves[dup]) + " appears twice in leaves");
+  check_distinct(leaves, what, "leaves");
 }
 
 void Forest::backprop(const std::vector<int64_t>& leaves, const std::vector<double>& values) {
@@ -504,7 +701,7 @@ void Forest::propagate_dead(int32_t node) {
     const int32_t end = first_child[p] + static_cast<int32_t>(num_children[p]);
     for (int32_t ch = first_child[p]; ch < end; ++ch)
       if (!(flags[ch] & DEAD)) return;
-    flags[p] |= TERMINAL;
+    flags[p] |= EXHAUSTED;
   }
 }
 
@@ -689,6 +886,8 @@ int64_t Forest::import_tree(const TreeArrays& a) {
     if (a.flags[i] & ~EXPORTED_FLAGS) fail("import_tree: flags" + at + " has unknown bits");
     if (((a.flags[i] & EXPANDED) != 0) != (count[i] > 0))
       fail("import_tree: flags" + at + ": EXPANDED must be set exactly when the node has children");
+    if ((a.flags[i] & EXHAUSTED) && count[i] == 0)
+      fail("import_tree: flags" + at + ": EXHAUSTED needs children (it means every child is dead)");
     if (a.visits[i] < 0) fail("import_tree: visits" + at + " is negative");
     if (!std::isfinite(a.value_sum[i])) fail("import_tree: value_sum" + at + " is not finite");
     if (!std::isfinite(a.prior[i]) || a.prior[i] < 0) fail("import_tree: prior" + at + " is not finite and >= 0");
@@ -696,8 +895,10 @@ int64_t Forest::import_tree(const TreeArrays& a) {
       fail("import_tree: reward_min/reward_sum" + at + " are not finite");
     if (std::isinf(a.q_backed[i])) fail("import_tree: q_backed" + at + " is infinite");
   }
-  const int64_t base = size_;
-  grow(n);
+  int64_t top = size_;
+  std::vector<std::pair<int64_t, int64_t>> taken;
+  const int64_t base = take(n, top, taken);  // one contiguous block: local id i -> base + i
+  commit_top(top, taken);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t id = base + i;
     parent[id] = i == 0 ? NO_PARENT : static_cast<int32_t>(base + a.parent[i]);
@@ -714,7 +915,7 @@ int64_t Forest::import_tree(const TreeArrays& a) {
     reward_count[id] = a.reward_count[i];
     q_backed[id] = a.q_backed[i];
   }
-  size_ += n;
+  live_ += n;
   rules_[static_cast<int32_t>(base)] = a.params;
   return base;
 }

@@ -7,22 +7,27 @@ in the order the core does it; float32 columns of the core (prior, reward_min,
 reward_sum, q_backed) are rounded through float32 here too. See
 ``rstar.tree`` for the rules themselves.
 
-Ids are assigned exactly as the core assigns them (roots and children in
-creation order), so ids from one can be used on the other. Errors are raised
+Ids are assigned exactly as the core assigns them (the same first-fit over
+the coalesced ranges of released slots, else fresh slots at the top), so ids
+from one can be used on the other. Every arena slot is a ``Node`` object, as
+in the core: live nodes, unborn child slots (UNBORN) and released slots
+(RELEASED), with the same contents column for column. Errors are raised
 as ValueError for the same inputs (messages may differ); dtype checks are the
 binding's business and are not mirrored.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import struct
 
 import numpy as np
 
 UCT, PUCT, MCTSR = 0, 1, 2
-EXPANDED, TERMINAL, INVALID, PENDING = 1, 2, 4, 8
-DEAD = TERMINAL | INVALID
+EXPANDED, TERMINAL, INVALID, PENDING, EXHAUSTED, UNBORN, RELEASED = 1, 2, 4, 8, 16, 32, 64
+DEAD = TERMINAL | INVALID | EXHAUSTED
+NOT_A_NODE = UNBORN | RELEASED
 NO_PARENT = -1
 MAX_CHILDREN = 65535
 MAX_DEPTH = 65535
@@ -59,14 +64,18 @@ class Node:
         "reward_sum",
         "reward_count",
         "q_backed",
+        "first_slot",
+        "n_slots",
     )
 
-    def __init__(self, id: int, parent: "Node | None", depth: int, prior: float):
+    def __init__(self, id: int, parent: "Node | None", depth: int, prior: float, flags: int = 0):
         self.id = id
-        self.parent = parent
-        self.children: list[Node] = []
+        self.parent = parent  # the owning node for an unborn slot
+        self.children: list[Node] = []  # born children, in creation order
+        self.first_slot = -1  # first slot of the child block (first_child), -1 while none
+        self.n_slots = 0  # size of the child block: born children + unborn slots
         self.depth = depth
-        self.flags = 0
+        self.flags = flags
         self.visits = 0
         self.in_flight = 0
         self.value_sum = 0.0
@@ -77,16 +86,18 @@ class Node:
         self.q_backed = NAN
 
 
-def _params(rule, c, first_play, eps):
+def _params(rule, c, first_play, eps, max_children=0):
     c = DEFAULT_C.get(rule, 2.0) if c is None else float(c)
     fp = DEFAULT_FIRST_PLAY.get(rule, INF) if first_play is None else float(first_play)
-    p = (rule, c, fp, float(eps))
+    p = (rule, c, fp, float(eps), int(max_children))
     _check_params(p)
     return p
 
 
 def _check_params(p):
-    rule, c, fp, eps = p
+    rule, c, fp, eps, max_children = p
+    if not 0 <= max_children <= MAX_CHILDREN:
+        raise ValueError(f"max_children must lie in [0, {MAX_CHILDREN}] (0: never stop early), got {max_children}")
     if rule not in (UCT, PUCT, MCTSR):
         raise ValueError(f"rule must be UCT (0), PUCT (1) or MCTSR (2), got {rule}")
     if not math.isfinite(c) or c < 0:
@@ -116,8 +127,10 @@ class Forest:
         if not math.isfinite(virtual_loss) or virtual_loss < 0:
             raise ValueError("virtual_loss must be a finite number >= 0")
         self.virtual_loss = float(virtual_loss)
-        self.nodes: list[Node] = []
+        self.nodes: list[Node] = []  # every slot of the arena
         self.rules: dict[int, tuple] = {}
+        self.free: list[list[int]] = []  # released slots: [start, length] runs, sorted, coalesced
+        self.num_live = 0
 
     @property
     def num_nodes(self) -> int:
@@ -126,12 +139,47 @@ class Forest:
     def __len__(self) -> int:
         return len(self.nodes)
 
+    # ------------------------------------------------------------ slots
+
+    def _take(self, n: int, top: list[int]) -> int:
+        """First free run (by id) holding n slots, else n new slots at the top."""
+        for i, (start, length) in enumerate(self.free):
+            if length >= n:
+                if length > n:
+                    self.free[i] = [start + n, length - n]
+                else:
+                    del self.free[i]
+                return start
+        start = top[0]
+        top[0] += n
+        return start
+
+    def _extend(self, top: int) -> None:
+        while len(self.nodes) < top:
+            self.nodes.append(Node(len(self.nodes), None, 0, 0.0, RELEASED))  # overwritten next
+
+    def _free(self, lo: int, n: int) -> None:
+        i = bisect.bisect_left(self.free, [lo, 0])
+        if i > 0 and self.free[i - 1][0] + self.free[i - 1][1] == lo:
+            i -= 1
+            lo, n = self.free[i][0], self.free[i][1] + n
+            del self.free[i]
+        if i < len(self.free) and lo + n == self.free[i][0]:
+            n += self.free[i][1]
+            del self.free[i]
+        self.free.insert(i, [lo, n])
+
     # ------------------------------------------------------------ checks
 
     def _node(self, i: int, what: str) -> Node:
         if i < 0 or i >= len(self.nodes):
             raise ValueError(f"{what}: node id {i} is out of range (this forest has {len(self.nodes)} nodes)")
-        return self.nodes[i]
+        n = self.nodes[i]
+        if n.flags & RELEASED:
+            raise ValueError(f"{what}: node {i} was released")
+        if n.flags & UNBORN:
+            raise ValueError(f"{what}: node {i} is an unborn child slot of node {n.parent.id}")
+        return n
 
     def _root(self, i: int, what: str) -> Node:
         n = self._node(i, what)
@@ -141,20 +189,21 @@ class Forest:
 
     # ------------------------------------------------------------ roots, rules
 
-    def create_roots(self, n: int, rule=UCT, c=None, first_play=None, eps=1e-5) -> list[int]:
+    def create_roots(self, n: int, rule=UCT, c=None, first_play=None, eps=1e-5, max_children=0) -> list[int]:
         if n < 0:
             raise ValueError(f"create_roots: n must be >= 0, got {n}")
-        p = _params(rule, c, first_play, eps)
-        out = []
-        for _ in range(n):
-            node = Node(len(self.nodes), None, 0, 1.0)
-            self.nodes.append(node)
-            self.rules[node.id] = p
-            out.append(node.id)
+        p = _params(rule, c, first_play, eps, max_children)
+        top = [len(self.nodes)]
+        out = [self._take(1, top) for _ in range(n)]
+        self._extend(top[0])
+        for i in out:
+            self.nodes[i] = Node(i, None, 0, 1.0)
+            self.rules[i] = p
+        self.num_live += n
         return out
 
-    def set_rule(self, roots, rule=UCT, c=None, first_play=None, eps=1e-5) -> None:
-        p = _params(rule, c, first_play, eps)
+    def set_rule(self, roots, rule=UCT, c=None, first_play=None, eps=1e-5, max_children=0) -> None:
+        p = _params(rule, c, first_play, eps, max_children)
         roots = _ints(roots)
         for r in roots:
             self._root(r, "set_rule")
@@ -163,16 +212,20 @@ class Forest:
 
     def get_rule(self, root: int) -> dict:
         self._root(root, "get_rule")
-        rule, c, fp, eps = self.rules[root]
-        return {"rule": rule, "c": c, "first_play": fp, "eps": eps}
+        rule, c, fp, eps, max_children = self.rules[root]
+        return {"rule": rule, "c": c, "first_play": fp, "eps": eps, "max_children": max_children}
 
     # ------------------------------------------------------------ select
 
     def _descend(self, root: Node, p) -> Node | None:
-        rule, c, fp, eps = p
+        rule, c, fp, eps, max_kids = p
         vl = self.virtual_loss
         node = root
         while node.children:
+            if len(node.children) < max_kids and not node.flags & PENDING:
+                qn = node.q_backed
+                if not any(ch.q_backed > qn for ch in node.children):  # NaN compares false
+                    return node
             np_ = node.visits + node.in_flight
             best = None
             best_s = 0.0
@@ -228,10 +281,12 @@ class Forest:
             return None
         return node
 
-    def select(self, roots, k: int = 1, rule=None, c=None, first_play=None, eps=None):
+    def select(self, roots, k: int = 1, rule=None, c=None, first_play=None, eps=None, max_children=None):
         roots = _ints(roots)
         if k < 0:
             raise ValueError(f"select: k must be >= 0, got {k}")
+        if max_children is not None and not 0 <= max_children <= MAX_CHILDREN:
+            raise ValueError(f"max_children must lie in [0, {MAX_CHILDREN}], got {max_children}")
         per_root = []
         for r in roots:
             node = self._root(r, "select")
@@ -239,17 +294,21 @@ class Forest:
                 raise ValueError(f"select: root {r} is terminal")
             if node.flags & INVALID:
                 raise ValueError(f"select: root {r} is invalid")
+            if node.flags & EXHAUSTED:
+                raise ValueError(f"select: root {r} is exhausted")
             tree = self.rules[r]
             if rule is not None:
                 p = (rule,
                      DEFAULT_C.get(rule, 2.0) if c is None else float(c),
                      DEFAULT_FIRST_PLAY.get(rule, INF) if first_play is None else float(first_play),
-                     1e-5 if eps is None else float(eps))
+                     1e-5 if eps is None else float(eps),
+                     0 if max_children is None else int(max_children))
             else:
                 p = (tree[0],
                      tree[1] if c is None else float(c),
                      tree[2] if first_play is None else float(first_play),
-                     tree[3] if eps is None else float(eps))
+                     tree[3] if eps is None else float(eps),
+                     tree[4] if max_children is None else int(max_children))
             _check_params(p)
             per_root.append((node, p))
         leaves, owner = [], []
@@ -267,57 +326,119 @@ class Forest:
                 owner.append(i)
         return leaves, owner
 
-    # ------------------------------------------------------------ expand
+    # ------------------------------------------------------------ expand, add_children, release
 
-    def expand(self, leaves, counts, priors=None) -> list[int]:
-        leaves = _ints(leaves)
+    def expand(self, leaves, counts, priors=None, reserve=None) -> list[int]:
+        return self._make_children(leaves, counts, priors, reserve, False, "expand")
+
+    def add_children(self, nodes, counts, priors=None, reserve=None) -> list[int]:
+        return self._make_children(nodes, counts, priors, reserve, True, "add_children")
+
+    def _make_children(self, ids, counts, priors, reserve, append, what) -> list[int]:
+        ids = _ints(ids)
         counts = _ints(counts)
-        if len(leaves) != len(counts):
-            raise ValueError("expand: leaves and counts differ in length")
-        total = 0
-        for i, (lid, cnt) in enumerate(zip(leaves, counts)):
-            node = self._node(lid, "expand")
+        if len(ids) != len(counts):
+            raise ValueError(f"{what}: ids and counts differ in length")
+        if reserve is not None:
+            reserve = _ints(reserve)
+            if len(reserve) != len(ids):
+                raise ValueError(f"{what}: reserve has length {len(reserve)} but there are {len(ids)} nodes")
+        else:
+            reserve = counts
+        for i, (nid, cnt, res) in enumerate(zip(ids, counts, reserve)):
+            node = self._node(nid, what)
             if cnt < 0:
-                raise ValueError(f"expand: counts[{i}] is negative ({cnt})")
+                raise ValueError(f"{what}: counts[{i}] is negative ({cnt})")
             if cnt > MAX_CHILDREN:
-                raise ValueError(f"expand: counts[{i}] exceeds {MAX_CHILDREN}")
-            if node.flags & EXPANDED:
-                raise ValueError(f"expand: node {lid} is already expanded")
+                raise ValueError(f"{what}: counts[{i}] exceeds {MAX_CHILDREN}")
+            if res < cnt:
+                raise ValueError(f"{what}: reserve[{i}] is less than counts[{i}]")
+            if res > MAX_CHILDREN:
+                raise ValueError(f"{what}: reserve[{i}] exceeds {MAX_CHILDREN}")
             if node.flags & TERMINAL:
-                raise ValueError(f"expand: node {lid} is terminal")
+                raise ValueError(f"{what}: node {nid} is terminal")
             if node.flags & INVALID:
-                raise ValueError(f"expand: node {lid} is invalid")
-            if cnt > 0 and node.depth >= MAX_DEPTH:
-                raise ValueError(f"expand: node {lid} is at the maximum depth")
-            total += cnt
-        if len(set(leaves)) != len(leaves):
-            raise ValueError("expand: a node appears twice in leaves")
+                raise ValueError(f"{what}: node {nid} is invalid")
+            if not append:
+                if node.flags & EXPANDED:
+                    raise ValueError(f"{what}: node {nid} is already expanded")
+                if node.first_slot >= 0:
+                    raise ValueError(f"{what}: node {nid} already has reserved child slots")
+            elif node.first_slot >= 0:
+                if cnt > node.n_slots - len(node.children):
+                    raise ValueError(f"{what}: node {nid} has too few unborn child slots left")
+                continue
+            if res > 0 and node.depth >= MAX_DEPTH:
+                raise ValueError(f"{what}: node {nid} is at the maximum depth")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"{what}: a node appears twice")
+        total = sum(counts)
         if priors is not None:
             priors = _floats(priors)
             if len(priors) != total:
-                raise ValueError(f"expand: priors has length {len(priors)} but counts sum to {total}")
+                raise ValueError(f"{what}: priors has length {len(priors)} but counts sum to {total}")
             for j, pr in enumerate(priors):
                 if not math.isfinite(pr) or pr < 0 or pr > FLT_MAX:
-                    raise ValueError(f"expand: priors[{j}] = {pr} is not a finite number in [0, FLT_MAX]")
-        out = []
+                    raise ValueError(f"{what}: priors[{j}] = {pr} is not a finite number in [0, FLT_MAX]")
         nodes = self.nodes
+        top = [len(nodes)]
+        blocks = [
+            self._take(res, top) if nodes[nid].first_slot < 0 and res > 0 else -1
+            for nid, res in zip(ids, reserve)
+        ]
+        self._extend(top[0])
+        out = []
         j = 0
-        for lid, cnt in zip(leaves, counts):
+        for nid, cnt, res, lo in zip(ids, counts, reserve, blocks):
+            parent = nodes[nid]
+            if lo >= 0:
+                parent.first_slot, parent.n_slots = lo, res
+                dep = parent.depth + 1
+                for s in range(lo, lo + res):
+                    nodes[s] = Node(s, parent, dep, 0.0, UNBORN)
             if cnt == 0:
                 continue
-            parent = nodes[lid]
-            parent.flags |= EXPANDED
-            dep = parent.depth + 1
+            start = parent.first_slot + len(parent.children)
             uniform = f32(1.0 / cnt)
-            kids = parent.children
-            for _ in range(cnt):
-                pr = f32(priors[j]) if priors is not None else uniform
-                child = Node(len(nodes), parent, dep, pr)
-                nodes.append(child)
-                kids.append(child)
-                out.append(child.id)
+            for s in range(start, start + cnt):
+                child = nodes[s]
+                child.flags = 0
+                child.prior = f32(priors[j]) if priors is not None else uniform
+                parent.children.append(child)
+                out.append(s)
                 j += 1
+            parent.flags |= EXPANDED
+            n = parent
+            while n is not None and n.flags & EXHAUSTED:
+                n.flags &= ~EXHAUSTED
+                if n.flags & DEAD:
+                    break
+                n = n.parent
+        self.num_live += total
         return out
+
+    def release(self, roots) -> None:
+        roots = _ints(roots)
+        for r in roots:
+            node = self._root(r, "release")
+            if node.in_flight > 0:
+                raise ValueError(f"release: root {r} has a selection in flight")
+        if len(set(roots)) != len(roots):
+            raise ValueError("release: a root appears twice")
+        for r in roots:
+            ranges = [(r, 1)]
+            stack = [self.nodes[r]]
+            while stack:
+                n = stack.pop()
+                self.num_live -= 1
+                if n.first_slot >= 0:
+                    ranges.append((n.first_slot, n.n_slots))
+                    stack.extend(n.children)
+            for lo, n in ranges:
+                for s in range(lo, lo + n):
+                    self.nodes[s] = Node(s, None, 0, 0.0, RELEASED)
+                self._free(lo, n)
+            del self.rules[r]
 
     # ------------------------------------------------------------ backprop, cancel
 
@@ -375,7 +496,7 @@ class Forest:
                 n.in_flight -= 1
                 n = n.parent
 
-    # ------------------------------------------------------------ terminal / invalid
+    # ------------------------------------------------------------ terminal / invalid / exhausted
 
     def _mark(self, nodes, flag, what):
         nodes = _ints(nodes)
@@ -388,7 +509,7 @@ class Forest:
             while p is not None and not p.flags & DEAD:
                 if any(not ch.flags & DEAD for ch in p.children):
                     break
-                p.flags |= TERMINAL
+                p.flags |= EXHAUSTED
                 p = p.parent
 
     def mark_terminal(self, nodes) -> None:
@@ -501,11 +622,11 @@ class Forest:
         return best
 
     def state(self) -> dict[str, np.ndarray]:
-        """Every column as a numpy array with the core's dtypes (for comparisons)."""
+        """Every column of every slot as a numpy array with the core's dtypes (for comparisons)."""
         ns = self.nodes
         return {
             "parent": np.array([n.parent.id if n.parent is not None else -1 for n in ns], np.int32),
-            "first_child": np.array([n.children[0].id if n.children else -1 for n in ns], np.int32),
+            "first_child": np.array([n.first_slot for n in ns], np.int32),
             "num_children": np.array([len(n.children) for n in ns], np.uint16),
             "depth": np.array([n.depth for n in ns], np.uint16),
             "flags": np.array([n.flags for n in ns], np.uint8),
@@ -518,3 +639,66 @@ class Forest:
             "reward_count": np.array([n.reward_count for n in ns], np.uint16),
             "q_backed": np.array([n.q_backed for n in ns], np.float32),
         }
+
+    def export_tree(self, root: int) -> dict[str, np.ndarray]:
+        """The core's export_tree: breadth-first, local ids, born children only."""
+        r = self._root(root, "export_tree")
+        order = [r]
+        for n in order:
+            order.extend(n.children)
+        local = {n.id: i for i, n in enumerate(order)}
+        rule, c, fp, eps, max_children = self.rules[root]
+        return {
+            "parent": np.array([local[n.parent.id] if n.parent is not None else -1 for n in order], np.int32),
+            "first_child": np.array([local[n.children[0].id] if n.children else -1 for n in order], np.int32),
+            "num_children": np.array([len(n.children) for n in order], np.uint16),
+            "depth": np.array([n.depth for n in order], np.uint16),
+            "flags": np.array([n.flags & (EXPANDED | TERMINAL | INVALID | EXHAUSTED) for n in order], np.uint8),
+            "visits": np.array([n.visits for n in order], np.int32),
+            "value_sum": np.array([n.value_sum for n in order], np.float64),
+            "prior": np.array([n.prior for n in order], np.float32),
+            "reward_min": np.array([n.reward_min for n in order], np.float32),
+            "reward_sum": np.array([n.reward_sum for n in order], np.float32),
+            "reward_count": np.array([n.reward_count for n in order], np.uint16),
+            "q_backed": np.array([n.q_backed for n in order], np.float32),
+            "node_ids": np.array([n.id for n in order], np.int64),
+            "rule": np.array(rule, np.int64),
+            "c": np.array(c, np.float64),
+            "first_play": np.array(fp, np.float64),
+            "eps": np.array(eps, np.float64),
+            "max_children": np.array(max_children, np.int64),
+        }
+
+    def import_tree(self, arrays) -> int:
+        """The core's import_tree for trees this module or the core exported (validation light:
+        the structure must be breadth-first with contiguous children, as export writes it)."""
+        parent = [int(x) for x in arrays["parent"]]
+        n = len(parent)
+        if n < 1 or parent[0] != -1 or any(not 0 <= parent[i] < i for i in range(1, n)):
+            raise ValueError("import_tree: the parent column is not breadth-first from root 0")
+        p = _params(int(arrays["rule"]), float(arrays["c"]), float(arrays["first_play"]), float(arrays["eps"]),
+                    int(arrays["max_children"]) if "max_children" in arrays else 0)
+        top = [len(self.nodes)]
+        base = self._take(n, top)
+        self._extend(top[0])
+        new = []
+        for i in range(n):
+            node = Node(base + i, new[parent[i]] if i else None, int(arrays["depth"][i]), float(arrays["prior"][i]),
+                        int(arrays["flags"][i]))
+            node.visits = int(arrays["visits"][i])
+            node.value_sum = float(arrays["value_sum"][i])
+            node.reward_min = float(arrays["reward_min"][i])
+            node.reward_sum = float(arrays["reward_sum"][i])
+            node.reward_count = int(arrays["reward_count"][i])
+            node.q_backed = float(arrays["q_backed"][i])
+            if i:
+                par = new[parent[i]]
+                if not par.children:
+                    par.first_slot = base + i
+                par.children.append(node)
+                par.n_slots += 1
+            new.append(node)
+            self.nodes[base + i] = node
+        self.rules[base] = p
+        self.num_live += n
+        return base

@@ -143,11 +143,15 @@ def test_expand_twice_duplicates_and_dead_nodes(forest):
     assert f.view("num_children")[2] == 0
 
 
-def test_select_from_fully_terminal_tree(forest):
+def test_select_from_dead_roots(forest):
     f = forest
     f.cancel([2])
     f.mark_terminal([2, 3])
-    raises_unchanged(f, ValueError, "root 0 is terminal", f.select, [1, 0], 1)
+    raises_unchanged(f, ValueError, "root 0 is exhausted", f.select, [1, 0], 1)
+    g = Forest()
+    g.create_roots(1)
+    g.mark_terminal([0])
+    raises_unchanged(g, ValueError, "root 0 is terminal", g.select, [0], 1)
     # the other root still works, and one bad root refuses the whole call
     leaves, _ = f.select([1], 1)
     assert leaves.tolist() == [1]
@@ -184,7 +188,7 @@ def test_import_rejects_corrupt_trees(forest):
         (broken(first_child=np.array([2, -1, -1], np.int32)), ValueError, "first_child"),
         (broken(num_children=np.array([3, 0, 0], np.uint16)), ValueError, "num_children"),
         (broken(depth=np.array([0, 1, 2], np.uint16)), ValueError, "depth"),
-        (broken(flags=np.array([1, 16, 0], np.uint8)), ValueError, "unknown bits"),
+        (broken(flags=np.array([1, 32, 0], np.uint8)), ValueError, "unknown bits"),
         (broken(flags=np.array([0, 0, 0], np.uint8)), ValueError, "EXPANDED"),
         (broken(visits=good["visits"].astype(np.int64)), TypeError, "'visits' must have dtype int32"),
         (broken(value_sum=np.array([np.nan, 0, 0])), ValueError, "value_sum"),

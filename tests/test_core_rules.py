@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from rstar.tree import EXPANDED, INVALID, MCTSR, PENDING, PUCT, TERMINAL, UCT, Forest
+from rstar.tree import DEAD, EXHAUSTED, EXPANDED, INVALID, MCTSR, PENDING, PUCT, TERMINAL, UCT, Forest
 
 
 def one_root(f, rule=UCT, n_children=3, **kw):
@@ -81,7 +81,7 @@ def test_uct_unvisited_root_uses_ln_of_max_n_1():
 def test_puct_hand_computed():
     f = Forest()
     (r,) = f.create_roots(1, rule=PUCT)
-    assert f.get_rule(r) == {"rule": PUCT, "c": 1.25, "first_play": 0.0, "eps": 1e-5}
+    assert f.get_rule(r) == {"rule": PUCT, "c": 1.25, "first_play": 0.0, "eps": 1e-5, "max_children": 0}
     leaves, _ = f.select([r], 1)
     a, b, c = f.expand(leaves, [3], np.array([0.2, 0.5, 0.3])).tolist()
     assert f.view("prior")[[a, b, c]].tolist() == pytest.approx([0.2, 0.5, 0.3])
@@ -118,7 +118,7 @@ def test_puct_first_play_inf():
 def test_mctsr_hand_computed_and_q_backed():
     f = Forest()
     (r,) = f.create_roots(1, rule=MCTSR)
-    assert f.get_rule(r) == {"rule": MCTSR, "c": 1.4, "first_play": math.inf, "eps": 1e-5}
+    assert f.get_rule(r) == {"rule": MCTSR, "c": 1.4, "first_play": math.inf, "eps": 1e-5, "max_children": 0}
     leaves, _ = f.select([r], 1)
     a, b = f.expand(leaves, [2]).tolist()
     f.add_rewards([a, a], [50.0, 30.0])  # own(a) = (30 + 40) / 2 = 35
@@ -234,28 +234,62 @@ def test_select_many_roots_owner_and_per_call_rule():
     assert f.get_rule(r)["rule"] == UCT  # the override did not stick
 
 
-def test_terminal_and_invalid_propagate_upward():
+def test_dead_children_make_the_parent_exhausted_not_terminal():
     f = Forest()
     (r,) = f.create_roots(1)
     a, b = f.expand([r], [2]).tolist()
     a1, a2 = f.expand([a], [2]).tolist()
     f.mark_terminal([a1])
-    assert not f.view("flags")[a] & TERMINAL
+    assert not f.view("flags")[a] & (TERMINAL | EXHAUSTED)
     leaves, _ = f.select([r], 1)
     assert leaves.tolist() == [a2]  # a1 skipped
     f.cancel(leaves)
     f.mark_invalid([a2])
     fl = f.view("flags")
-    assert fl[a] & TERMINAL and fl[a2] & INVALID and fl[a1] & TERMINAL
-    assert not fl[r] & TERMINAL
+    # a's children are one answer and one failure: a is exhausted, never terminal (it gives no answer)
+    assert fl[a] & EXHAUSTED and not fl[a] & TERMINAL
+    assert fl[a2] == INVALID and fl[a1] == TERMINAL
+    assert not fl[r] & DEAD
     leaves, _ = f.select([r], 1)
-    assert leaves.tolist() == [b]
+    assert leaves.tolist() == [b]  # exhausted a skipped
     f.cancel(leaves)
     f.mark_terminal([b])
-    assert f.view("flags")[r] & TERMINAL
-    assert f.view("flags")[r] & EXPANDED
-    with pytest.raises(ValueError, match=f"root {r} is terminal"):
+    fl = f.view("flags")
+    assert fl[r] == EXPANDED | EXHAUSTED  # exhausted upward, still not terminal
+    assert fl[b] == TERMINAL
+    with pytest.raises(ValueError, match=f"root {r} is exhausted"):
         f.select([r], 1)
+    # the flag is exported and imported with the tree
+    g = Forest()
+    new = g.import_tree(f.export_tree(r))
+    assert g.view("flags")[new : new + 5].tolist() == fl[[r, a, b, a1, a2]].tolist()
+    with pytest.raises(ValueError, match="is exhausted"):
+        g.select([new], 1)
+
+
+def test_exhausted_stops_at_a_dead_ancestor_and_clears_when_a_child_is_added():
+    f = Forest()
+    (r,) = f.create_roots(1)
+    a, b = f.expand([r], [2], reserve=[3]).tolist()
+    (a1,) = f.expand([a], [1], reserve=[2]).tolist()
+    f.mark_terminal([b])
+    f.mark_invalid([a1])
+    assert f.view("flags")[a] & EXHAUSTED and f.view("flags")[r] & EXHAUSTED
+    # a new child of a: a and r are no longer exhausted (a live child below each)
+    (a2,) = f.add_children([a], [1]).tolist()
+    fl = f.view("flags")
+    assert not fl[a] & DEAD and not fl[r] & DEAD
+    assert f.children(a).tolist() == [a1, a2]
+    leaves, _ = f.select([r], 1)
+    assert leaves.tolist() == [a2]
+    f.cancel(leaves)
+    # a node that is itself terminal and exhausted: clearing stops there (it stays dead)
+    f.mark_invalid([a2])
+    assert f.view("flags")[r] & EXHAUSTED
+    f.mark_terminal([a])  # a: EXHAUSTED | TERMINAL now
+    (c,) = f.add_children([r], [1]).tolist()  # r's third reserved slot
+    assert not f.view("flags")[r] & EXHAUSTED
+    assert f.select([r], 1)[0].tolist() == [c]
 
 
 def test_reads_children_path_best_child_q():
