@@ -32,7 +32,7 @@
     }
     return e;
   }
-  const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(d).replace(/\.?0+$/, (m) => (m.startsWith(".") ? "" : m)));
+  const fmt = (x, d = 3) => (x === null || x === undefined ? "–" : String(parseFloat(Number(x).toFixed(d))));
   const pct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
   const int = (x) => (x === null || x === undefined ? "–" : Math.round(x).toLocaleString("en-US"));
   const secs = (x) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2)) + " s";
