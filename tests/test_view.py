@@ -188,6 +188,8 @@ def test_the_network_check_sees_requests(browser, tmp_path):
 
 @pytest.mark.docker
 def test_run_page_loads_offline_with_no_console_error(search_run, browser):
+    from rstar.view.data import wilson
+
     html = view(search_run)
     assert html == search_run / "view.html"
     load(browser, html)
@@ -199,7 +201,8 @@ def test_run_page_loads_offline_with_no_console_error(search_run, browser):
     correct = sum(1 for r in graded if r["correct"])
     summary = browser.find_element("id", "summary").text
     assert f"{correct} / {len(graded)} graded" in summary
-    assert "95% CI" in summary
+    lo, hi = wilson(correct, len(graded))
+    assert f"95% CI {100 * lo:.1f}% – {100 * hi:.1f}%" in summary
     # the table lists every problem with its grade
     rows = browser.find_elements("css selector", "#problems tbody tr")
     assert sorted(r.get_attribute("data-id") for r in rows) == sorted(r["id"] for r in records)
@@ -383,10 +386,14 @@ def test_schema_variants_and_whole_answer_trees(browser, tmp_path):
                                           "kind": "final"}],
           "time": {"model_s": 1, "sandbox_s": 1, "other_s": 0, "total_s": 2}, "tree": {"nodes": s1_nodes}}
     bare = {"id": "bare", "index": 3, "question": "q4", "gold": None, "answer": None, "correct": None}
-    html = view(write_run(tmp_path / "run", [s2, mctsr, s1, bare]))
+    undecided = simple_record("undecided", 4, answer="x^2", gold="4", correct=None, grade="unknown")
+    html = view(write_run(tmp_path / "run", [s2, mctsr, s1, bare, undecided]))
     load(browser, html)
     assert console_errors(browser) == []
-    assert "3 / 3 graded" in browser.find_element("id", "summary").text
+    cards = {c.find_element("css selector", ".label").text.lower(): c.find_element("css selector", ".value").text
+             for c in browser.find_elements("css selector", "#summary .card")}
+    assert cards["accuracy"] == "75.0%" and cards["unknown grades"] == "1"
+    assert "3 / 4 graded" in browser.find_element("id", "summary").text
     expected = {
         "s2": ({"root": 1, "step": 1, "max_depth": 1, "correct": 1, "unknown": 1, "no_answer": 1}, [0, 1, 3]),
         "mctsr": ({"root": 1, "wrong": 4, "correct": 1}, [0, 2, 4]),

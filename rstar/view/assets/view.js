@@ -341,7 +341,7 @@
     svgEl.addEventListener("mousemove", (e) => { tooltip.style.left = e.clientX + 14 + "px"; tooltip.style.top = e.clientY + 12 + "px"; });
     svgEl.addEventListener("mouseout", (e) => { if (e.target.getAttribute && e.target.getAttribute("data-id") !== null) tooltip.hidden = true; });
     layoutAndDraw();
-    fit();
+    fit(0.35);
   }
 
   const DX = 26, DY = 70;
@@ -412,11 +412,17 @@
 
   function applyTransform() { const t = view.t; view.g.setAttribute("transform", `translate(${t.x},${t.y}) scale(${t.k})`); }
 
-  function fit() {
-    const r = view.svg.getBoundingClientRect();
+  function fit(minScale) {
+    // the whole tree in view; on first draw no smaller than minScale, with the root at the top centre
+    const r = view.svg.getBoundingClientRect(), W = r.width || 800, H = r.height || 500;
     const w = Math.max(1, (view.columns || 1) - 1) * DX + 40, h = Math.max(1, ...view.nodes.map((n) => n.depth)) * DY + 40;
-    const k = Math.max(0.05, Math.min(1.6, (r.width || 800) / w, (r.height || 500) / h));
-    view.t = { k, x: ((r.width || 800) - ((view.columns || 1) - 1) * DX * k) / 2, y: 20 * k + 10 };
+    let k = Math.max(0.02, Math.min(1.6, W / w, H / h));
+    if (minScale && k < minScale) {
+      k = minScale;
+      view.t = { k, x: W / 2 - (view.pos.length ? view.pos[0] : 0) * DX * k, y: 20 * k + 10 };
+    } else {
+      view.t = { k, x: (W - ((view.columns || 1) - 1) * DX * k) / 2, y: 20 * k + 10 };
+    }
     applyTransform();
   }
 
