@@ -395,6 +395,17 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("nodes"))
       .def(
+          "slots_left",
+          [](Forest& f, py::handle nodes) -> py::object {
+            const bool scalar = py::isinstance<py::int_>(nodes) && !py::isinstance<py::bool_>(nodes);
+            auto n = to_ids(nodes, "nodes");
+            auto out = locked(f, [&] { return f.slots_left(n); });
+            if (scalar) return py::int_(out[0]);
+            return to_numpy(std::move(out));
+          },
+          py::arg("nodes"),
+          "Unborn child slots each node has left for add_children (0 for a node without a child block).")
+      .def(
           "best_child",
           [](Forest& f, int64_t node, const std::string& by) {
             if (by != "visits" && by != "q")

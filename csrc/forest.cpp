@@ -815,6 +815,13 @@ std::vector<double> Forest::q(const std::vector<int64_t>& nodes) const {
   return out;
 }
 
+std::vector<int64_t> Forest::slots_left(const std::vector<int64_t>& nodes) const {
+  for (int64_t id : nodes) check_id(id, "slots_left");
+  std::vector<int64_t> out(nodes.size());
+  for (size_t i = 0; i < nodes.size(); ++i) out[i] = unborn_after(static_cast<int32_t>(nodes[i]));
+  return out;
+}
+
 int64_t Forest::best_child(int64_t node, bool by_q) const {
   check_id(node, "best_child");
   int32_t root = static_cast<int32_t>(node);

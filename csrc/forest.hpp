@@ -208,6 +208,7 @@ class Forest {
   std::vector<int64_t> path(int64_t node) const;
   std::vector<int64_t> root_of(const std::vector<int64_t>& nodes) const;
   std::vector<double> q(const std::vector<int64_t>& nodes) const;
+  std::vector<int64_t> slots_left(const std::vector<int64_t>& nodes) const;  // unborn slots per node
   int64_t best_child(int64_t node, bool by_q) const;
   // Breadth-first order following the child blocks (never id order), root first, born children only.
   std::vector<int64_t> subtree(int64_t root) const;

@@ -595,6 +595,14 @@ class Forest:
             out.append(n.value_sum / n.visits if n.visits > 0 else NAN)
         return out[0] if scalar else out
 
+    def slots_left(self, nodes):
+        scalar = isinstance(nodes, (int, np.integer))
+        out = []
+        for i in _ints(nodes):
+            n = self._node(i, "slots_left")
+            out.append(n.n_slots - len(n.children))
+        return out[0] if scalar else out
+
     def best_child(self, node: int, by: str = "visits") -> int:
         if by not in ("visits", "q"):
             raise ValueError(f"best_child: by must be 'visits' or 'q', got {by!r}")

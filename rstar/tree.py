@@ -94,7 +94,8 @@ Growing trees:
   node without a block is expanded (``reserve`` as in ``expand``; ignored for
   nodes that have one). Pending, in-flight and exhausted nodes may get
   children (an exhausted node, and each exhausted ancestor above it, is no
-  longer exhausted); terminal and invalid ones may not.
+  longer exhausted); terminal and invalid ones may not. ``slots_left(nodes)``
+  gives the unborn slots each node has left (0 without a block).
 - Priors, in both: ``priors`` (one per child born, in order) or uniform
   ``1/counts[i]`` over the children born by that call.
 
