@@ -1,6 +1,7 @@
 """Property test: random operation sequences give identical results in the C++
-core and the pure-Python reference (selections, ids, and every column, bit for
-bit), including which calls are refused."""
+core and the pure-Python reference (selections, ids, and every column of every
+slot, bit for bit, live, unborn and released alike), including which calls are
+refused."""
 
 import math
 
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rstar import reference
-from rstar.tree import FIELDS, MCTSR, PENDING, PUCT, UCT, Forest
+from rstar.tree import DEAD, FIELDS, MCTSR, PENDING, PUCT, RELEASED, UCT, UNBORN, Forest
 
 RULES = [UCT, PUCT, MCTSR]
 VALUES = st.one_of(st.sampled_from([-1.0, 0.0, 0.5, 1.0]), st.floats(-1, 1, allow_nan=False))
@@ -40,6 +41,7 @@ def same_call(core_fn, ref_fn):
 def assert_same_state(core, ref):
     state = ref.state()
     assert core.num_nodes == ref.num_nodes
+    assert core.num_live == ref.num_live
     for name in FIELDS:
         got, want = core.view(name), state[name]
         assert got.dtype == want.dtype, name
@@ -72,7 +74,7 @@ def test_random_operations_match_reference(data):
         op = data.draw(
             st.sampled_from(
                 ["create", "cycle", "cycle", "cycle", "select", "expand", "backprop", "cancel",
-                 "backup", "terminal", "invalid", "rewards", "set_rule"]
+                 "backup", "terminal", "invalid", "rewards", "set_rule", "release", "add", "grow"]
             )
         )
         if op == "create" or not roots:
@@ -81,38 +83,63 @@ def test_random_operations_match_reference(data):
             c = data.draw(st.sampled_from([None, 0.0, 0.5, 2.0]))
             fp = data.draw(st.sampled_from([None, 0.0, -1.0, math.inf, -math.inf]))
             eps = data.draw(st.sampled_from([1e-5, 0.1]))
-            out, ok = same_call(lambda: core.create_roots(n, rule, c, fp, eps),
-                                lambda: ref.create_roots(n, rule, c, fp, eps))
-            roots += out.tolist()
+            k_max = data.draw(st.sampled_from([0, 0, 1, 2, 3, -1]))
+            out, ok = same_call(lambda: core.create_roots(n, rule, c, fp, eps, k_max),
+                                lambda: ref.create_roots(n, rule, c, fp, eps, k_max))
+            if ok:
+                roots += out.tolist()
         elif op == "set_rule":
             r = data.draw(st.sampled_from(roots))
             rule = data.draw(st.sampled_from(RULES))
             fp = data.draw(st.sampled_from([None, 0.0, math.inf]))
-            same_call(lambda: core.set_rule([r], rule, None, fp), lambda: ref.set_rule([r], rule, None, fp))
+            k_max = data.draw(st.sampled_from([0, 2, 3]))
+            same_call(lambda: core.set_rule([r], rule, None, fp, 1e-5, k_max),
+                      lambda: ref.set_rule([r], rule, None, fp, 1e-5, k_max))
         elif op == "cycle":
-            # one search step over every live root: select k, expand, back up
-            live = [r for r in roots if not core.view("flags")[r] & 6]
+            # one search step over every live root: select k, grow the leaves, back up
+            live = [r for r in roots if not core.view("flags")[r] & DEAD]
             if not live:
                 continue
             k = data.draw(st.integers(1, 4))
             (leaves, owner), ok = same_call(lambda: core.select(live, k), lambda: ref.select(live, k))
             leaves = leaves.tolist()
-            unexp = [x for x in leaves if core.view("num_children")[x] == 0 and not core.view("flags")[x] & 7]
-            counts = data.draw(st.lists(st.integers(0, 4), min_size=len(unexp), max_size=len(unexp)))
+            grow = [x for x in leaves if not core.view("flags")[x] & DEAD]
+            left = core.slots_left(grow).tolist()
+            fresh = (core.view("first_child")[grow] < 0).tolist() if grow else []
+            # fresh leaves: a block (maybe with spare slots); stopped-at or reserved nodes: the next slots
+            counts = [data.draw(st.integers(0, 4 if f else s)) for f, s in zip(fresh, left)]
+            reserve = None
+            if data.draw(st.booleans()):
+                reserve = [c + data.draw(st.integers(0, 2)) for c in counts]
             use_priors = data.draw(st.booleans())
             priors = data.draw(st.lists(st.floats(0, 2), min_size=sum(counts), max_size=sum(counts))) if use_priors else None
-            same_call(lambda: core.expand(unexp, counts, priors), lambda: ref.expand(unexp, counts, priors))
+            same_call(lambda: core.add_children(grow, counts, priors, reserve),
+                      lambda: ref.add_children(grow, counts, priors, reserve))
             values = data.draw(st.lists(VALUES, min_size=len(leaves), max_size=len(leaves)))
             same_call(lambda: core.backprop(leaves, values), lambda: ref.backprop(leaves, values))
         elif op == "select":
             sel = data.draw(st.lists(st.sampled_from(roots), min_size=1, max_size=3))
             k = data.draw(st.integers(-1, 5))
-            override = data.draw(st.sampled_from([{}, {"rule": PUCT}, {"c": 0.0}, {"first_play": 0.0}, {"rule": MCTSR, "eps": 0.5}]))
+            override = data.draw(st.sampled_from([{}, {"rule": PUCT}, {"c": 0.0}, {"first_play": 0.0},
+                                                  {"rule": MCTSR, "eps": 0.5}, {"max_children": 2},
+                                                  {"max_children": 0}, {"rule": MCTSR, "max_children": 3}]))
             same_call(lambda: core.select(sel, k, **override), lambda: ref.select(sel, k, **override))
-        elif op == "expand":
+        elif op in ("expand", "add", "grow"):
             nodes = data.draw(st.one_of(st.just(pending()[:3]), st.just(some_nodes(1, 3))))
             counts = data.draw(st.lists(st.integers(-1, 4), min_size=len(nodes), max_size=len(nodes)))
-            same_call(lambda: core.expand(nodes, counts), lambda: ref.expand(nodes, counts))
+            reserve = None
+            if op == "grow" or data.draw(st.booleans()):
+                reserve = data.draw(st.lists(st.integers(-1, 6), min_size=len(nodes), max_size=len(nodes)))
+            fn = "expand" if op == "expand" else "add_children"
+            same_call(lambda: getattr(core, fn)(nodes, counts, None, reserve),
+                      lambda: getattr(ref, fn)(nodes, counts, None, reserve))
+        elif op == "release":
+            gone = data.draw(st.lists(st.sampled_from(roots), min_size=1, max_size=2))
+            if data.draw(st.booleans()):
+                gone = gone + some_nodes(0, 1)
+            _, ok = same_call(lambda: core.release(gone), lambda: ref.release(gone))
+            if ok:
+                roots = [r for r in roots if r not in gone]
         elif op in ("backprop", "cancel"):
             p = pending()
             nodes = data.draw(st.one_of(st.lists(st.sampled_from(p), max_size=4) if p else st.just([]),
@@ -136,16 +163,22 @@ def test_random_operations_match_reference(data):
             same_call(lambda: core.add_rewards(nodes, rewards), lambda: ref.add_rewards(nodes, rewards))
         assert_same_state(core, ref)
 
-    # reads agree too
+    # reads agree too, refusals of unborn and released slots included
     for node in range(core.num_nodes):
-        assert core.path(node).tolist() == ref.path(node)
-        assert core.children(node).tolist() == ref.children(node)
+        same_call(lambda: core.path(node), lambda: ref.path(node))
+        same_call(lambda: core.children(node), lambda: ref.children(node))
+        same_call(lambda: core.slots_left([node]), lambda: ref.slots_left([node]))
         for by in ("visits", "q"):
-            assert core.best_child(node, by) == ref.best_child(node, by)
-    if core.num_nodes:
-        ids = list(range(core.num_nodes))
-        assert core.root_of(ids).tolist() == ref.root_of(ids)
-        np.testing.assert_array_equal(core.q(ids), np.array(ref.q(ids)))
+            same_call(lambda: [core.best_child(node, by)], lambda: [ref.best_child(node, by)])
+    live = [i for i in range(core.num_nodes) if not core.view("flags")[i] & (UNBORN | RELEASED)]
+    if live:
+        assert core.root_of(live).tolist() == ref.root_of(live)
+        np.testing.assert_array_equal(core.q(live), np.array(ref.q(live)))
+    for r in roots:
+        a, b = core.export_tree(r), ref.export_tree(r)
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 BIG_VALUES = st.one_of(VALUES, st.sampled_from([1e308, -1e308, 1.5e308]))
