@@ -9,6 +9,11 @@ simulation is select + expand + backprop of one leaf. Two ways to drive it:
   (256 x 4 by default: one batched model call's worth);
 - single: one simulation per call (select one leaf of one tree, expand it,
   back it up), trees visited round robin.
+- churn (16 x 8 only): batched, but each tree lives `--life` rounds and is
+  then released and replaced by a fresh root (ages staggered, so every round
+  releases and creates trees/life of them): freed slots are reused, and the
+  arena's size (`nodes`) stays near the live peak instead of growing with the
+  run.
 
 Both implementations run the same number of simulations and must end in the
 same state (checked: root visits and value sums, node counts). Each side runs
@@ -117,12 +122,66 @@ def ref_single(branch, depth, trees, k, rounds, values):
     return sims, dt, cpu, f
 
 
-def same_state(core: Forest, ref: reference.Forest, trees: int) -> bool:
-    if core.num_nodes != ref.num_nodes:
+CHURN = {}  # the churn runs' final roots and live peak (the core's Forest takes no attributes)
+
+
+def core_churn(branch, depth, trees, k, rounds, values, life):
+    f = Forest()
+    roots = f.create_roots(trees)
+    age = np.arange(trees) % life
+    sims = peak = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        leaves, _ = f.select(roots, k)
+        d = f.view("depth")[leaves]
+        grow = leaves[d < depth]
+        f.expand(grow, np.full(len(grow), branch, np.int64))
+        f.backprop(leaves, values[sims : sims + len(leaves)])
+        sims += len(leaves)
+        peak = max(peak, f.num_live)
+        age += 1
+        done = age >= life
+        f.release(roots[done])
+        roots[done] = f.create_roots(int(done.sum()))
+        age[done] = 0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    CHURN.update(core_roots=roots.tolist(), live_peak=peak)
+    return sims, dt, cpu, f
+
+
+def ref_churn(branch, depth, trees, k, rounds, values, life):
+    f = reference.Forest()
+    roots = f.create_roots(trees)
+    age = [i % life for i in range(trees)]
+    vals = values.tolist()
+    nodes = f.nodes
+    sims = 0
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(rounds):
+        leaves, _ = f.select(roots, k)
+        grow = [x for x in leaves if nodes[x].depth < depth]
+        f.expand(grow, [branch] * len(grow))
+        f.backprop(leaves, vals[sims : sims + len(leaves)])
+        sims += len(leaves)
+        age = [a + 1 for a in age]
+        done = [i for i, a in enumerate(age) if a >= life]
+        f.release([roots[i] for i in done])
+        for i, r in zip(done, f.create_roots(len(done))):
+            roots[i], age[i] = r, 0
+    dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+    CHURN.update(ref_roots=list(roots))
+    return sims, dt, cpu, f
+
+
+def same_state(core: Forest, ref: reference.Forest, trees: int, churn: bool = False) -> bool:
+    if core.num_nodes != ref.num_nodes or core.num_live != ref.num_live:
         return False
-    rv = [ref.nodes[i].visits for i in range(trees)]
-    rw = [ref.nodes[i].value_sum for i in range(trees)]
-    return core.view("visits")[:trees].tolist() == rv and core.view("value_sum")[:trees].tolist() == rw
+    roots = CHURN["ref_roots"] if churn else list(range(trees))
+    if churn and CHURN["core_roots"] != roots:
+        return False
+    rv = [ref.nodes[i].visits for i in roots]
+    rw = [ref.nodes[i].value_sum for i in roots]
+    return core.view("visits")[roots].tolist() == rv and core.view("value_sum")[roots].tolist() == rw
 
 
 def main(argv=None) -> int:
@@ -134,6 +193,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-repeat", type=int, default=1,
                     help="reference runs per case (the median is reported; each takes seconds)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--life", type=int, default=16, help="churn mode: rounds a tree lives before it is released")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args(argv)
 
@@ -146,9 +206,13 @@ def main(argv=None) -> int:
     print(header)
     print("-" * len(header))
     results = []
+    churn = (lambda fn: lambda *a: fn(*a, args.life))
     for branch, depth in CONFIGS:
         values = workload_values(args.trees, args.k, args.rounds, args.seed)
-        for mode, core_fn, ref_fn in (("batched", core_batched, ref_batched), ("single", core_single, ref_single)):
+        modes = [("batched", core_batched, ref_batched), ("single", core_single, ref_single)]
+        if (branch, depth) == (16, 8):
+            modes.append(("churn", churn(core_churn), churn(ref_churn)))
+        for mode, core_fn, ref_fn in modes:
             core_runs = []
             f = None
             for _ in range(max(1, args.repeat)):
@@ -165,8 +229,9 @@ def main(argv=None) -> int:
                 ref_runs.append((rsims / rdt, rsims / rcpu))
             ref_rate = statistics.median(r[0] for r in ref_runs)
             ref_cpu_rate = statistics.median(r[1] for r in ref_runs)
-            same = rsims == sims and same_state(f, rf, args.trees)
+            same = rsims == sims and same_state(f, rf, args.trees, mode == "churn")
             alloc = f.capacity * BYTES_PER_NODE / f.num_nodes
+            extra = {"live_peak": CHURN["live_peak"], "life": args.life} if mode == "churn" else {}
             row = {
                 "branch": branch, "depth": depth, "mode": mode, "sims": sims,
                 "core_sims_per_s": round(core_rate), "python_sims_per_s": round(ref_rate),
@@ -176,7 +241,7 @@ def main(argv=None) -> int:
                 "core_best_sims_per_s": round(max(r[0] for r in core_runs)),
                 "core_best_sims_per_cpu_s": round(max(r[1] for r in core_runs)),
                 "speedup_cpu": round(core_cpu_rate / ref_cpu_rate, 1),
-                "allocated_bytes_per_node": round(alloc, 1), "same_result": same,
+                "allocated_bytes_per_node": round(alloc, 1), "same_result": same, **extra,
             }
             results.append(row)
             print(f"{branch:>6} x {depth:<6} {mode:>8} {core_rate:>13,.0f} {ref_rate:>14,.0f} "
@@ -184,6 +249,7 @@ def main(argv=None) -> int:
                   f"{core_cpu_rate / ref_cpu_rate:>7.1f}x {f.num_nodes:>9,} {str(same):>5}")
             del f, rf
     key = next(r for r in results if (r["branch"], r["depth"], r["mode"]) == (16, 8, "batched"))
+    churn_row = next(r for r in results if r["mode"] == "churn")
     summary = {
         "sims_per_s": key["core_sims_per_s"],
         "speedup_vs_python": key["speedup"],
@@ -196,8 +262,13 @@ def main(argv=None) -> int:
         "rates": f"median of {args.repeat} core / {args.ref_repeat} reference runs",
         "workload": {"trees": args.trees, "k": args.k, "rounds": args.rounds, "branch": 16, "depth": 8},
         "all_same_result": all(r["same_result"] for r in results),
+        "churn": {"sims_per_s": churn_row["core_sims_per_s"], "speedup_vs_python": churn_row["speedup"],
+                  "nodes": churn_row["nodes"], "live_peak": churn_row["live_peak"],
+                  "nodes_without_release": key["nodes"]},
         "cases": results,
     }
+    print(f"churn: arena {churn_row['nodes']:,} slots for a live peak of {churn_row['live_peak']:,} nodes "
+          f"(without release the same simulations grow it to {key['nodes']:,})")
     print(f"targets: >= 1,000,000 sims/s: {key['core_sims_per_s']:,}; >= 100x python: {key['speedup']}x; "
           f"<= 48 bytes/node: {BYTES_PER_NODE}")
     if args.json:
