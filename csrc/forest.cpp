@@ -215,20 +215,32 @@ int32_t Forest::unborn_after(int32_t node) const {
   return static_cast<int32_t>(s - start);
 }
 
+void Forest::add_free(int64_t start, int64_t len) {
+  free_.emplace(start, len);
+  free_by_len_[len].insert(start);
+}
+
+void Forest::drop_free(std::map<int64_t, int64_t>::iterator it) {
+  auto bucket = free_by_len_.find(it->second);
+  bucket->second.erase(it->first);
+  if (bucket->second.empty()) free_by_len_.erase(bucket);
+  free_.erase(it);
+}
+
 int64_t Forest::take(int64_t n, int64_t& top, std::vector<std::pair<int64_t, int64_t>>& taken) {
-  if (!free_lens_.empty() && *free_lens_.rbegin() >= n) {
-    for (auto it = free_.begin(); it != free_.end(); ++it) {
-      if (it->second < n) continue;
-      const int64_t start = it->first, len = it->second;
-      free_lens_.erase(free_lens_.find(len));
-      free_.erase(it);
-      if (len > n) {
-        free_.emplace(start + n, len - n);
-        free_lens_.insert(len - n);
-      }
-      taken.emplace_back(start, n);
-      return start;
-    }
+  // first fit: the lowest start among the ranges of length >= n
+  int64_t best = -1;
+  for (auto b = free_by_len_.lower_bound(n); b != free_by_len_.end(); ++b) {
+    const int64_t s = *b->second.begin();
+    if (best < 0 || s < best) best = s;
+  }
+  if (best >= 0) {
+    auto it = free_.find(best);
+    const int64_t len = it->second;
+    drop_free(it);
+    if (len > n) add_free(best + n, len - n);
+    taken.emplace_back(best, n);
+    return best;
   }
   const int64_t id = top;
   top += n;
@@ -254,17 +266,14 @@ void Forest::free_range(int64_t lo, int64_t n) {
     if (prev->first + prev->second == lo) {
       lo = prev->first;
       n += prev->second;
-      free_lens_.erase(free_lens_.find(prev->second));
-      free_.erase(prev);
+      drop_free(prev);
     }
   }
   if (next != free_.end() && lo + n == next->first) {
     n += next->second;
-    free_lens_.erase(free_lens_.find(next->second));
-    free_.erase(next);
+    drop_free(next);
   }
-  free_.emplace(lo, n);
-  free_lens_.insert(n);
+  add_free(lo, n);
 }
 
 void Forest::check_distinct(const std::vector<int64_t>& ids, const char* what, const char* noun) {

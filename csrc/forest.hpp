@@ -273,8 +273,12 @@ class Forest {
   int64_t size_ = 0;
   int64_t live_ = 0;
   size_t cap_ = 0;
-  std::map<int64_t, int64_t> free_;  // released slots: start -> length, coalesced (no two ranges touch)
-  std::multiset<int64_t> free_lens_;  // the lengths in free_ (the largest says whether any range fits)
+  // Released slots: start -> length, coalesced (no two ranges touch), and the same ranges by
+  // length -> starts, so first fit looks at one candidate per distinct length >= n, not every range.
+  std::map<int64_t, int64_t> free_;
+  std::map<int64_t, std::set<int64_t>> free_by_len_;
+  void add_free(int64_t start, int64_t len);
+  void drop_free(std::map<int64_t, int64_t>::iterator it);
   std::unordered_map<int32_t, RuleParams> rules_;  // root id -> its tree's rule
   std::mutex mu_;
 };

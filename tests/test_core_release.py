@@ -40,6 +40,18 @@ def test_release_frees_slots_and_first_fit_reuses_them():
         assert f.num_nodes == 11 and f.num_live == 11
 
 
+def test_first_fit_takes_the_lowest_range_that_fits_not_the_tightest():
+    for f in (Forest(), reference.Forest()):
+        f.create_roots(15)
+        f.release([0, 1, 2, 3, 4])  # [0, 5)
+        f.release([12, 10, 11])  # [10, 13), coalesced whatever the order
+        assert list(f.expand([14], [3])) == [0, 1, 2]  # the lower range, though [10, 13) fits exactly
+        assert list(f.expand([13], [3])) == [10, 11, 12]  # [3, 5) is too small now
+        assert list(f.expand([5], [2])) == [3, 4]
+        assert list(f.create_roots(1)) == [15]
+        assert f.num_live == 16
+
+
 def test_released_ids_are_refused_everywhere():
     f = Forest()
     r, keep = f.create_roots(2).tolist()
