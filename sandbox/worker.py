@@ -55,12 +55,14 @@ import builtins  # noqa: E402
 import ctypes  # noqa: E402
 import fcntl  # noqa: E402
 import gc  # noqa: E402
+import hashlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
 import resource  # noqa: E402
 import select  # noqa: E402
 import signal  # noqa: E402
+import socket  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -104,8 +106,21 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_MEMORY = 3
 EXIT_INTERNAL = 70
+EXIT_SYSEXIT = -1  # internal: sys.exit(0) - ends the program OK (no state is kept)
 
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+STATE_FD = 4                 # a node state's channel to the worker
+STATE_MSG_MAX = 1 << 17      # largest request a state takes (bigger steps are re-run whole)
+try:
+    with open("/proc/sys/kernel/pid_max") as _f:
+        PID_MAX = int(_f.read())
+except (OSError, ValueError):
+    PID_MAX = 4194304
 _libc = ctypes.CDLL(None, use_errno=True)
 if ZYGOTE_MODE:  # nobody may ptrace the zygote or open its /proc files, from the start
     _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
@@ -134,6 +149,9 @@ class Limits:
         self.max_output = int(args.max_output_bytes)
         self.timeout = float(args.timeout)
         self.contained = bool(args.contained)
+        self.incremental = bool(getattr(args, "incremental", False))
+        self.max_states = int(getattr(args, "max_states", 64))
+        self.state_memory = int(getattr(args, "state_memory_mb", 256)) * 1024 * 1024
 
 
 def _vm_size() -> int:
@@ -145,8 +163,13 @@ def _vm_size() -> int:
 
 
 def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Limits, as_limit: int,
-           streams: tuple) -> None:
-    """Runs in the forked child; never returns (always os._exit)."""
+           streams: tuple, chan: int | None = None, guard: list[int] | None = None) -> None:
+    """Runs in the forked child; never returns (always os._exit).
+
+    With ``chan`` (incremental mode) the fd becomes the node-state channel (fd 4) and,
+    if the program runs OK, the process stays alive as that node's state
+    (``_become_state``). With ``guard`` (the pids to protect, incremental mode) the
+    child is made non-dumpable for good and a seccomp filter confines its signals."""
     code = EXIT_INTERNAL
     try:
         os.setpgid(0, 0)
@@ -168,7 +191,11 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         os.dup2(rep_fd, REPORT_FD)
-        os.closerange(REPORT_FD + 1, 1 << 16)  # the worker's private channel fds go here
+        if chan is not None:
+            os.dup2(chan, STATE_FD)
+            os.closerange(STATE_FD + 1, 1 << 16)
+        else:
+            os.closerange(REPORT_FD + 1, 1 << 16)  # the worker's private channel fds go here
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1))
         resource.setrlimit(resource.RLIMIT_FSIZE, (limits.file_size, limits.file_size))
@@ -177,6 +204,9 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
             resource.setrlimit(resource.RLIMIT_NPROC, (limits.nproc, limits.nproc))
         if as_limit > 0:
             resource.setrlimit(resource.RLIMIT_AS, (as_limit, as_limit))
+        if guard is not None:
+            _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+            _confine(guard, 0)  # its parent (worker, zygote) is protected like the rest
         # Stream objects and random state were prepared by the worker while no child
         # was alive: allocating here would copy-on-write pages of the worker's heap.
         sys.stdin, sys.stdout, sys.stderr = streams
@@ -185,14 +215,23 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
     except BaseException:  # setup failed: report through the exit code only
         os._exit(EXIT_INTERNAL)
 
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    code = _execute(chunks, 0, len(chunks), namespace)
+    if code == EXIT_OK and chan is not None:
+        _become_state(namespace)
+    os._exit(EXIT_OK if code == EXIT_SYSEXIT else code)
+
+
+def _execute(chunks: list[str], first: int, total: int, namespace: dict) -> int:
+    """Run chunks (steps ``first``... of a path of ``total``) in ``namespace``, write the
+    report to fd 3; the exit code to use (EXIT_SYSEXIT: sys.exit(0), exit 0, keep no state)."""
     offsets: list[int] = []
     report: dict = {"offsets": offsets}
-    namespace = {"__name__": "__main__", "__builtins__": builtins}
     code = EXIT_OK
     try:
-        for i, chunk in enumerate(chunks):
+        for i, chunk in enumerate(chunks, first):
             report["step"] = i
-            exec(compile(chunk, f"<step {i + 1}>" if len(chunks) > 1 else "<program>", "exec"), namespace)
+            exec(compile(chunk, f"<step {i + 1}>" if total > 1 else "<program>", "exec"), namespace)
             sys.stdout.flush()
             offsets.append(os.lseek(1, 0, os.SEEK_CUR))
         report.pop("step", None)
@@ -202,6 +241,7 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
             _describe(report, exc)
         else:
             report.pop("step", None)
+            code = EXIT_SYSEXIT
     except MemoryError as exc:
         code = EXIT_MEMORY
         report["memory"] = True
@@ -227,7 +267,226 @@ def _child(chunks: list[str], out_fd: int, err_fd: int, rep_fd: int, limits: Lim
         os.write(REPORT_FD, json.dumps(report).encode("utf-8", "replace")[:REPORT_CAP])
     except BaseException:
         pass
-    os._exit(code)
+    return code
+
+
+# ------------------------------------------------------------ node states
+#
+# Incremental mode: a program that ran OK stays alive, idle, as its node's state
+# (the interpreter after the path so far). The worker asks a state to fork; the
+# fork runs only the next step's code in a copy of that interpreter. A state holds
+# only its own tree's output memfds and its channel (fd 4, a SOCK_SEQPACKET socket
+# to the worker); it is non-dumpable and confined by the seccomp filter of every
+# program on its path (``_confine``), so no program can ptrace, read or signal a
+# state of another node or tree, or the worker. What runs in a state is the tree's
+# own code, so whatever the tree's programs do to their interpreter only changes
+# that tree's later results, exactly as it would when re-running the path.
+
+
+def _set_name(name: bytes) -> None:
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def _become_state(namespace: dict) -> None:
+    """Idle as a node state: serve fork / wait / reap requests from the worker."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    try:
+        gc.freeze()  # what the path built is shared with every fork, untouched by their GC
+        _set_name(b"rstar-state")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, 0, STATE_FD)
+        sock.send(b"K")
+    except BaseException:
+        os._exit(EXIT_INTERNAL)
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, STATE_MSG_MAX, 1)
+            if not msg:
+                os._exit(0)  # the worker dropped this state
+            req = json.loads(msg)
+            op = req.get("op")
+            if op == "fork":
+                _sweep_children()
+                try:
+                    pid = os.fork()
+                except OSError:
+                    pid = -1
+                if pid == 0:
+                    sock.detach()
+                    if fds:
+                        os.dup2(fds[0], STATE_FD)
+                        os.close(fds[0])
+                    _state_child(namespace, req)
+                for fd in fds:
+                    os.close(fd)
+                sock.send(json.dumps({"pid": pid}).encode())
+            elif op == "wait":
+                for fd in fds:
+                    os.close(fd)
+                try:
+                    _, status = os.waitpid(int(req["pid"]), 0)
+                except ChildProcessError:
+                    status = None
+                sock.send(json.dumps({"status": status}).encode())
+            else:  # "reap": a child state was dropped
+                for fd in fds:
+                    os.close(fd)
+                try:
+                    os.waitpid(int(req.get("pid", -1)), 0)
+                except (ChildProcessError, ValueError, TypeError):
+                    pass
+                _sweep_children()
+        except SystemExit:
+            raise
+        except BaseException:  # noqa: BLE001 - a broken state just goes away
+            os._exit(EXIT_INTERNAL)
+
+
+def _sweep_children() -> None:
+    while True:
+        try:
+            done, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not done:
+            return
+
+
+def _state_child(namespace: dict, req: dict) -> None:
+    """A fork of a node state: run one step's code; never returns."""
+    try:
+        os.setpgid(0, 0)
+        _set_name(b"python3")
+        _confine(req.get("protected") or [], os.getppid())
+    except BaseException:
+        os._exit(EXIT_INTERNAL)
+    step = int(req.get("step", 1))
+    code = _execute([req.get("chunk", "")], step, step + 1, namespace)
+    if code == EXIT_OK and req.get("keep", True):
+        _become_state(namespace)
+    os._exit(EXIT_OK if code == EXIT_SYSEXIT else code)
+
+
+# seccomp: what a program may signal. Allowed targets: 0 (its own group), its parent
+# node's state if it was forked from one (killing it costs a fallback), and pids in [own pid, next protected pid) - itself and what it forks
+# (pids are handed out in increasing order; the bound stops at the next live state, so
+# a wrapped pid counter cannot reach one). Other targets (kill(-1), siblings, other
+# states, the worker) turn into no-ops that report success; ptrace,
+# process_vm_readv/writev, pidfd_*, kcmp, making oneself dumpable again and
+# F_SETOWN-style signal redirection fail with EPERM.
+_SYSCALLS = {
+    "x86_64": (0xC000003E, dict(kill=62, tkill=200, tgkill=234, rt_sigqueueinfo=129, rt_tgsigqueueinfo=297,
+                                ptrace=101, process_vm_readv=310, process_vm_writev=311, kcmp=312,
+                                pidfd_open=434, pidfd_send_signal=424, pidfd_getfd=438, prctl=157, fcntl=72,
+                                ioctl=16)),
+    "aarch64": (0xC00000B7, dict(kill=129, tkill=130, tgkill=131, rt_sigqueueinfo=138, rt_tgsigqueueinfo=240,
+                                 ptrace=117, process_vm_readv=270, process_vm_writev=271, kcmp=272,
+                                 pidfd_open=434, pidfd_send_signal=424, pidfd_getfd=438, prctl=167, fcntl=25,
+                                 ioctl=29)),
+}
+SECCOMP_SUPPORTED = os.uname().machine in _SYSCALLS
+_RET_ALLOW, _RET_NOOP, _RET_EPERM = 0x7FFF0000, 0x00050000, 0x00050001
+_PR_SET_PTRACER = 0x59616D61
+
+
+def _bpf_program(own: int, hi: int, parent: int) -> list[tuple[int, int, int, int]]:
+    arch, nr = _SYSCALLS[os.uname().machine]
+    LD, JEQ, JGE, JSET, JA, RET, NEG = 0x20, 0x15, 0x35, 0x45, 0x05, 0x06, 0x84
+    prog: list = []  # (code, jt, jf, k) with label names for jumps; resolved below
+
+    def emit(code, k=0, jt=0, jf=0):
+        prog.append([code, jt, jf, k])
+
+    def label(name):
+        prog.append(name)
+
+    emit(LD, 4)
+    emit(JEQ, arch, 0, "eperm")
+    emit(LD, 0)
+    if arch == 0xC000003E:
+        emit(JGE, 0x40000000, "eperm", 0)  # x32 syscalls
+    for name in ("kill",):
+        emit(JEQ, nr[name], "kill", 0)
+    for name in ("tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        emit(JEQ, nr[name], "range", 0)
+    emit(JEQ, nr["prctl"], "prctl", 0)
+    emit(JEQ, nr["fcntl"], "fcntl", 0)
+    emit(JEQ, nr["ioctl"], "ioctl", 0)
+    for name in ("ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_send_signal",
+                 "pidfd_getfd"):
+        emit(JEQ, nr[name], "eperm", 0)
+    emit(RET, _RET_ALLOW)
+    label("kill")
+    emit(LD, 16)
+    emit(JEQ, 0, "allow", 0)
+    emit(JEQ, parent & 0xFFFFFFFF, "allow", 0)
+    emit(JSET, 0x80000000, 0, "cmp")
+    emit(NEG)
+    emit(JA, "cmp")
+    label("range")
+    emit(LD, 16)
+    label("cmp")
+    emit(JGE, own, 0, "noop")
+    emit(JGE, hi, "noop", "allow")
+    label("prctl")
+    emit(LD, 16)
+    emit(JEQ, PR_SET_DUMPABLE, 0, "prctl2")
+    emit(LD, 24)
+    emit(JEQ, 0, "allow", "eperm")
+    label("prctl2")
+    emit(JEQ, _PR_SET_PTRACER, "eperm", "allow")
+    label("fcntl")
+    emit(LD, 24)
+    emit(JEQ, 8, "eperm", 0)   # F_SETOWN
+    emit(JEQ, 15, "eperm", "allow")  # F_SETOWN_EX
+    label("ioctl")
+    emit(LD, 24)
+    emit(JEQ, 0x8901, "eperm", 0)  # FIOSETOWN
+    emit(JEQ, 0x8902, "eperm", "allow")  # SIOCSPGRP
+    label("allow")
+    emit(RET, _RET_ALLOW)
+    label("noop")
+    emit(RET, _RET_NOOP)
+    label("eperm")
+    emit(RET, _RET_EPERM)
+    # resolve labels
+    where: dict = {}
+    n = 0
+    for item in prog:
+        if isinstance(item, str):
+            where[item] = n
+        else:
+            n += 1
+    out = []
+    i = 0
+    for item in prog:
+        if isinstance(item, str):
+            continue
+        code, jt, jf, k = item
+        if code == JA:
+            k = where[k] - i - 1
+        else:
+            jt = where[jt] - i - 1 if isinstance(jt, str) else jt
+            jf = where[jf] - i - 1 if isinstance(jf, str) else jf
+        out.append((code, jt, jf, k & 0xFFFFFFFF))
+        i += 1
+    return out
+
+
+def _confine(protected: list[int], parent: int) -> None:
+    """Install the seccomp filter described above (stacked on any inherited one)."""
+    own = os.getpid()
+    hi = min((p for p in protected if p > own), default=PID_MAX + 1)
+    insns = _bpf_program(own, hi, parent)
+    buf = b"".join(struct.pack("HBBI", *ins) for ins in insns)
+    filt = ctypes.create_string_buffer(buf, len(buf))
+    prog = struct.pack("HxxxxxxP", len(insns), ctypes.addressof(filt))
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(prog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "seccomp filter refused")
 
 
 def _describe(report: dict, exc: BaseException) -> None:
@@ -293,6 +552,32 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return buf
 
 
+class _State:
+    """A live node state: the idle process, its channel, and what its path printed."""
+
+    __slots__ = ("key", "pid", "chan", "slim", "digest", "nchunks", "out", "err", "reaper")
+
+    def __init__(self, key, pid, chan, slim, digest, nchunks, reaper) -> None:
+        self.key = key
+        self.pid = pid
+        self.chan = chan          # socket (SOCK_SEQPACKET) to the state's fd 4
+        self.slim = slim          # forked (ultimately) from the slim zygote: no sympy/numpy loaded
+        self.digest = digest      # of the path's chunks: a request must match it to fork from here
+        self.nchunks = nchunks
+        self.out = b""            # stdout / stderr of the whole path so far (at most the cap)
+        self.err = b""
+        self.reaper = reaper      # key of the state that forked it (its parent process), or None
+
+
+def _digest(chunks: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for c in chunks:
+        b = c.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
 class Worker:
     def __init__(self, limits: Limits, in_fd: int, out_fd: int, argv: list[str] | None = None,
                  zygote: bool = True) -> None:
@@ -320,11 +605,32 @@ class Worker:
         self.pids_current = "/sys/fs/cgroup/pids.current"
         if not os.path.exists(self.pids_current):
             self.pids_current = "/sys/fs/cgroup/pids/pids.current"  # cgroup v1
+        # incremental mode: node states, LRU first (see "node states" above)
+        self.incremental = limits.incremental and SECCOMP_SUPPORTED
+        self.states: collections.OrderedDict[tuple, _State] = collections.OrderedDict()
+        self.state_pids: dict[int, tuple] = {}
+        self.tree_files: dict[str, list] = {}   # tree -> [out memfd, err memfd, report memfd, states]
+        self.reaped: dict[int, int] = {}        # wait statuses of children reaped by _reap
+        self.counters = collections.Counter()
+        self._reap_sent: set = set()
+        self.memory_current = "/sys/fs/cgroup/memory.current"
+        if not os.path.exists(self.memory_current):
+            self.memory_current = "/sys/fs/cgroup/memory/memory.usage_in_bytes"  # cgroup v1
+        if self.incremental:
+            _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans of states come back to us
         self._start_zygote()
         tasks = self._tasks()
         # tasks in the container with no program around (this process's threads)
         self.base_tasks = None if tasks is None else tasks - (self.zygote is not None)
+        self.memory_base = self._memory()
         self._prepare_next()
+
+    def _memory(self) -> int | None:
+        try:
+            with open(self.memory_current, "rb", buffering=0) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
 
     def _oom_killed(self) -> bool:
         """Did the container's memory cgroup OOM-kill something since last asked?"""
@@ -361,7 +667,8 @@ class Worker:
         if not self.zygote_wanted or self.zygote_failures >= 3:
             return
         self.zygote_starts += 1
-        req_rd, req_wr = os.pipe()
+        req_rd, req_wr = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)  # carries fds for spawns
+        req_rd, req_wr = req_rd.detach(), req_wr.detach()
         st_rd, st_wr = os.pipe()
         # sources above any target, so that each dup2 in the child is a real one
         temps = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
@@ -435,12 +742,16 @@ class Worker:
         if not isinstance(chunks, list) or not all(isinstance(c, str) for c in chunks):
             raise ValueError("chunks must be a list of strings")
         timeout = float(req.get("timeout") or self.limits.timeout)
+        if self.incremental and req.get("tree") is not None and isinstance(req.get("node"), int) and chunks:
+            return self._run_node(req, chunks, timeout)
         for fd in self.mfds:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
         outcome = None
         if self.zygote is not None and not any(HEAVY_RE.search(c) for c in chunks):
-            if body is None or req.get("chunks") is None:
+            if self.incremental:  # the slim child needs the pids to protect
+                body = json.dumps({"chunks": chunks, "protected": self._protected()}).encode()
+            elif body is None or req.get("chunks") is None:
                 body = json.dumps({"chunks": chunks}).encode()
             outcome = self._run_slim(body, timeout)
         if outcome is None:  # heavy tier, or the zygote failed before the program ran
@@ -452,10 +763,11 @@ class Worker:
 
     def _run_heavy(self, chunks: list[str], timeout: float) -> tuple:
         out_fd, err_fd, rep_fd = self.mfds
+        guard = self._protected() if self.incremental else None
         t0 = time.perf_counter()
         pid = os.fork()
         if pid == 0:
-            _child(chunks, out_fd, err_fd, rep_fd, self.limits, self.as_limit, self.streams)
+            _child(chunks, out_fd, err_fd, rep_fd, self.limits, self.as_limit, self.streams, guard=guard)
             os._exit(EXIT_INTERNAL)  # not reached
         timed_out = False
         try:
@@ -539,6 +851,294 @@ class Worker:
                 self._kill_program(pid)
             time.sleep(0.001)
 
+    # node states (incremental mode) ------------------------------------------
+    def _protected(self) -> list[int]:
+        """Pids no program may signal: us, the zygote, every node state."""
+        pids = [os.getpid(), 1]
+        if self.zygote is not None:
+            pids.append(self.zygote[0])
+        pids.extend(self.state_pids)
+        return sorted(pids)
+
+    def _tree_files(self, tree: str) -> list:
+        """The tree's own output memfds (its states hold them; no other tree's program sees them)."""
+        tf = self.tree_files.get(tree)
+        if tf is None:
+            tf = self.tree_files[tree] = [os.memfd_create(f"{name}", os.MFD_CLOEXEC)
+                                          for name in ("t-stdout", "t-stderr", "t-report")] + [0]
+        return tf
+
+    def _close_tree_files(self, tree: str, force: bool = False) -> None:
+        tf = self.tree_files.get(tree)
+        if tf is not None and (force or tf[3] <= 0):
+            del self.tree_files[tree]
+            for fd in tf[:3]:
+                os.close(fd)
+
+    def _send_state(self, st: _State, obj: dict, fds: list[int] | None = None) -> bool:
+        try:
+            if fds:
+                socket.send_fds(st.chan, [json.dumps(obj).encode()], fds)
+            else:
+                st.chan.send(json.dumps(obj).encode())
+            return True
+        except OSError:
+            return False
+
+    def _recv_json(self, sock, deadline: float) -> dict | None:
+        wait = deadline - time.perf_counter()
+        if wait <= 0:
+            return None
+        r, _, _ = select.select([sock], [], [], wait)
+        if not r:
+            return None
+        try:
+            data = sock.recv(4096)
+            obj = json.loads(data) if data else None
+        except (OSError, ValueError):
+            return None
+        return obj if isinstance(obj, dict) else None
+
+    def _drop_state(self, key: tuple) -> None:
+        """Kill a state and forget it; the state that forked it reaps it."""
+        st = self.states.pop(key, None)
+        if st is None:
+            return
+        self.state_pids.pop(st.pid, None)
+        try:
+            os.kill(st.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            st.chan.close()
+        except OSError:
+            pass
+        tf = self.tree_files.get(key[0])
+        if tf is not None:
+            tf[3] -= 1
+        reaper = self.states.get(st.reaper) if st.reaper is not None else None
+        if reaper is not None:
+            self._send_state(reaper, {"op": "reap", "pid": st.pid})
+        self.counters["dropped"] += 1
+
+    def _release(self, tree: str, nodes) -> None:
+        if nodes is None:
+            keys = [k for k in self.states if k[0] == tree]
+        else:
+            keys = [(tree, n) for n in nodes if (tree, n) in self.states]
+        pids = [self.states[k].pid for k in keys]
+        for k in keys:
+            self._drop_state(k)
+        self._close_tree_files(tree, force=nodes is None)
+        # wait until they are gone (reaped by us or by their parent states)
+        end = time.perf_counter() + 1.0
+        pending = pids
+        while pending and time.perf_counter() < end:
+            self._reap()
+            pending = [p for p in pending if _proc_state(p)[0] is not None]
+            if pending:
+                time.sleep(0.0002)
+
+    def _evict(self) -> None:
+        """Least recently used states go first: over the count, then over the memory budget."""
+        while len(self.states) > self.limits.max_states:
+            self._drop_state(next(iter(self.states)))
+            self.counters["evicted"] += 1
+        if self.limits.state_memory <= 0 or self.memory_base is None:
+            return
+        for _ in range(8):
+            cur = self._memory()
+            if cur is None or not self.states or cur - self.memory_base <= self.limits.state_memory:
+                return
+            self._drop_state(next(iter(self.states)))
+            self.counters["evicted"] += 1
+
+    def _run_node(self, req: dict, chunks: list[str], timeout: float) -> dict:
+        """One step of a search tree: forked from its parent node's state when that is alive
+        (only the last chunk runs), else the whole path from scratch; kept as a state if OK."""
+        tree, node, parent = str(req["tree"]), int(req["node"]), req.get("parent")
+        key = (tree, node)
+        if key in self.states:
+            self._drop_state(key)  # a node id reused: the new program wins
+        files = self._tree_files(tree)
+        for fd in files[:3]:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        st = self.states.get((tree, parent)) if isinstance(parent, int) else None
+        heavy = [bool(HEAVY_RE.search(c)) for c in chunks]
+        outcome = prefix = None
+        if (st is not None and st.nchunks == len(chunks) - 1 and not (st.slim and heavy[-1])
+                and st.digest == _digest(chunks[:-1])):
+            self.states.move_to_end(st.key)
+            outcome = self._fork_from_state(st, chunks, timeout)
+            if outcome is not None:
+                prefix = (st.out, st.err)
+                self.counters["forked"] += 1
+        if outcome is None:
+            self.counters["replayed" if parent is None else "fallback"] += 1
+            outcome = self._spawn(chunks, files, timeout, slim=not any(heavy))
+        pid, status, timed_out, duration, chan, slim, reaper = outcome
+        if chan is not None:  # register first, so that the cleanup spares it
+            new = _State(key, pid, chan, slim, _digest(chunks), len(chunks), reaper)
+            self.states[key] = new
+            self.state_pids[pid] = key
+            files[3] += 1
+        self._cleanup(pid, kept=chan is not None)
+        res = self._result(req, chunks, status, timed_out, duration, mfds=files[:3], prefix=prefix)
+        res["reused_state"] = prefix is not None
+        if chan is not None:
+            if res["status"] == "ok" and key in self.states:
+                new.out, new.err = res["_stdout_b"], res["_stderr_b"]
+            else:
+                self._drop_state(key)
+        res.pop("_stdout_b", None)
+        res.pop("_stderr_b", None)
+        self._evict()
+        self._close_tree_files(tree)
+        self._prepare_next()
+        return res
+
+    def _fork_from_state(self, st: _State, chunks: list[str], timeout: float):
+        msg = {"op": "fork", "chunk": chunks[-1], "step": len(chunks) - 1, "protected": self._protected()}
+        if len(json.dumps(msg)) > STATE_MSG_MAX - 1024:
+            return None  # too big for one message: run the path whole
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            os.kill(st.pid, signal.SIGCONT)  # a program may have stopped its parent state
+        except OSError:
+            pass
+        t0 = time.perf_counter()
+        sent = self._send_state(st, msg, [b.fileno()])
+        b.close()
+        reply = self._recv_json(st.chan, t0 + 5.0) if sent else None
+        pid = reply.get("pid") if reply else None
+        if not isinstance(pid, int) or pid <= 0:
+            a.close()
+            self._drop_state(st.key)
+            self.counters["state_failed"] += 1
+            if self.contained:  # a fork it made before dying must not write into the rerun's output
+                self._kill_leftovers()
+            return None
+        status, timed_out, kept = self._await(pid, a, t0 + timeout, st.key)
+        if not kept:
+            a.close()
+        return pid, status, timed_out, time.perf_counter() - t0, a if kept else None, st.slim, st.key
+
+    def _spawn(self, chunks: list[str], files: list, timeout: float, slim: bool):
+        """The whole path in a fresh child (slim zygote or heavy worker) that may become a state."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        guard = self._protected()
+        t0 = time.perf_counter()
+        pid = None
+        if slim and self.zygote is not None:
+            pid = self._zygote_spawn(chunks, files, b.fileno(), guard, t0 + 5.0)
+        if pid is None:
+            slim = False
+            pid = os.fork()
+            if pid == 0:
+                _child(chunks, files[0], files[1], files[2], self.limits, self.as_limit, self.streams,
+                       chan=b.fileno(), guard=guard)
+                os._exit(EXIT_INTERNAL)  # not reached
+        b.close()
+        status, timed_out, kept = self._await(pid, a, t0 + timeout, None)
+        if not kept:
+            a.close()
+        return pid, status, timed_out, time.perf_counter() - t0, a if kept else None, slim, None
+
+    def _zygote_spawn(self, chunks, files, chan: int, guard: list[int], deadline: float) -> int | None:
+        """Ask the zygote for a child that is ours (it forks twice): its pid, or None."""
+        _, req_wr, _ = self.zygote
+        body = json.dumps({"chunks": chunks, "protected": guard}).encode()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, req_wr)
+        try:
+            socket.send_fds(sock, [INT.pack(-len(body))], [files[0], files[1], files[2], chan])
+            _write_all(req_wr, body)
+        except OSError:
+            sock.detach()
+            self._zygote_lost()
+            return None
+        sock.detach()
+        status = self._zygote_status(deadline)
+        if status is None or status is _TIMEOUT:
+            self._zygote_lost()
+            return None
+        return status if status > 0 else None
+
+    def _await(self, pid: int, chan, deadline: float, reaper):
+        """Wait for a state-capable program: it says "K" (kept as a state) or exits.
+        Returns (wait status, timed out, kept)."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+        kept = timed_out = False
+        chan_open = True
+        try:
+            while True:
+                now = time.perf_counter()
+                if now >= deadline:
+                    if timed_out:
+                        break
+                    timed_out = True
+                    self._kill_program(pid)
+                    deadline = now + 2.0
+                    continue
+                waits = ([pidfd] if pidfd is not None else []) + ([chan] if chan_open else [])
+                if not waits:
+                    if _proc_state(pid)[0] in (None, "Z", "X"):
+                        break
+                    time.sleep(0.0005)
+                    continue
+                r, _, _ = select.select(waits, [], [], deadline - now if pidfd is not None else 0.001)
+                if chan_open and chan in r:
+                    try:
+                        data = chan.recv(16)
+                    except OSError:
+                        data = b""
+                    if data == b"K" and not timed_out:
+                        kept = True
+                        break
+                    chan_open = False
+                    continue
+                if pidfd is not None and pidfd in r:
+                    break
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+        if kept:
+            if _threads(pid) == 1:
+                return 0, False, True
+            self._kill_program(pid)  # a thread left running must not outlive its step
+            self._status_of(pid, reaper)
+            return 0, False, False
+        status = self._status_of(pid, reaper)
+        return (status if status is not None else signal.SIGKILL), timed_out, False
+
+    def _status_of(self, pid: int, reaper) -> int | None:
+        """The wait status of an exited program: from the state that forked it, else ours."""
+        st = self.states.get(reaper) if reaper is not None else None
+        if st is not None:
+            reply = self._recv_json(st.chan, time.perf_counter() + 2.0) \
+                if self._send_state(st, {"op": "wait", "pid": pid}) else None
+            if reply is not None and isinstance(reply.get("status"), int):
+                return reply["status"]
+            if reply is None:
+                self._drop_state(reaper)  # broken or dead: its children are ours now
+        end = time.perf_counter() + 2.0
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    return status
+            except ChildProcessError:
+                if pid in self.reaped:
+                    return self.reaped.pop(pid)
+                if _proc_state(pid)[0] is None:
+                    return None
+            if time.perf_counter() > end:
+                return None
+            time.sleep(0.0005)
+
     def _prepare_next(self) -> None:
         """Fresh stdio objects and random state for the next heavy child."""
         self.streams = _make_streams()
@@ -568,23 +1168,31 @@ class Worker:
         """Reap whatever children have exited (leftovers re-parented to us, the zygote)."""
         while True:
             try:
-                done, _ = os.waitpid(-1, os.WNOHANG)
+                done, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if not done:
                 return
+            if len(self.reaped) > 4096:
+                self.reaped.clear()
+            self.reaped[done] = status
+            key = self.state_pids.get(done)
+            if key is not None:
+                self._drop_state(key)
             if self.zygote is not None and done == self.zygote[0]:
                 pid, req_wr, st_rd = self.zygote
                 self.zygote = None
                 os.close(req_wr)
                 os.close(st_rd)
 
-    def _cleanup(self, pid: int) -> None:
-        """Leave nothing of the finished program behind: processes, /tmp files."""
-        try:
-            os.killpg(pid, signal.SIGKILL)  # its group, if anything is left in it
-        except OSError:
-            pass
+    def _cleanup(self, pid: int, kept: bool = False) -> None:
+        """Leave nothing of the finished program behind: processes, /tmp files. A program
+        kept as a node state stays (what it forked does not)."""
+        if not kept:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # its group, if anything is left in it
+            except OSError:
+                pass
         if not self.contained:  # not init (local testing): reap only what is ours
             self._reap()
             return
@@ -595,7 +1203,8 @@ class Worker:
                 pass
         self._reap()
         tasks = self._tasks()
-        if tasks is None or self.base_tasks is None or tasks != self.base_tasks + (self.zygote is not None):
+        if (tasks is None or self.base_tasks is None
+                or tasks != self.base_tasks + (self.zygote is not None) + len(self.states)):
             self._kill_leftovers()
         if self.zygote is None:
             self._start_zygote()  # nothing of the program is alive now
@@ -606,17 +1215,35 @@ class Worker:
             pass
 
     def _kill_leftovers(self) -> None:
-        """Everything in this PID namespace besides us and the zygote is a leftover of
-        the program (orphans are re-parented to PID 1), including processes that left
-        its group with setsid()."""
+        """Everything in this PID namespace besides us, the zygote and the node states is a
+        leftover of the program (orphans are re-parented to PID 1), including processes that
+        left its group with setsid(). Zombies are skipped (their parent reaps them; a state
+        whose leftover died is told to reap it)."""
         me = os.getpid()
         for attempt in range(10000):
             self._reap()
             if attempt == 500 and self.zygote is not None:
                 self._zygote_lost()  # something keeps coming back: take the zygote down too
-            keep = (me, self.zygote[0]) if self.zygote is not None else (me,)
-            others = [p for p in map(int, filter(str.isdigit, os.listdir("/proc"))) if p not in keep]
+            keep = {me, self.zygote[0]} if self.zygote is not None else {me}
+            others = []
+            for p in map(int, filter(str.isdigit, os.listdir("/proc"))):
+                if p in keep:
+                    continue
+                state, ppid = _proc_state(p)
+                key = self.state_pids.get(p)
+                if key is not None:
+                    if state in ("Z", "X", None):  # a state died: forget it
+                        self._drop_state(key)
+                    continue
+                if state in ("Z", "X", None):
+                    parent_key = self.state_pids.get(ppid)
+                    if parent_key is not None and (p, ppid) not in self._reap_sent:
+                        self._reap_sent.add((p, ppid))
+                        self._send_state(self.states[parent_key], {"op": "reap", "pid": p})
+                    continue
+                others.append(p)
             if not others:
+                self._reap_sent.clear()
                 return
             for p in others:
                 try:
@@ -625,13 +1252,18 @@ class Worker:
                     pass
             time.sleep(0.0002)
 
-    def _result(self, req: dict, chunks: list[str], status: int, timed_out: bool, duration: float) -> dict:
-        out_fd, err_fd, rep_fd = self.mfds
+    def _result(self, req: dict, chunks: list[str], status: int, timed_out: bool, duration: float,
+                mfds: list | None = None, prefix: tuple | None = None) -> dict:
+        """The result frame. ``prefix``: (stdout, stderr) of the path before the last step,
+        when only the last step ran (forked from its parent's state): the result is then
+        what running the whole path would give, output cap included."""
+        out_fd, err_fd, rep_fd = mfds if mfds is not None else self.mfds
         cap = self.limits.max_output
-        out_size = os.fstat(out_fd).st_size
-        err_size = os.fstat(err_fd).st_size
-        stdout_b = os.pread(out_fd, min(out_size, cap), 0)
-        stderr_b = os.pread(err_fd, min(err_size, cap), 0)
+        pre_out, pre_err = prefix if prefix is not None else (b"", b"")
+        out_size = os.fstat(out_fd).st_size + len(pre_out)
+        err_size = os.fstat(err_fd).st_size + len(pre_err)
+        stdout_b = pre_out + os.pread(out_fd, max(0, min(out_size, cap) - len(pre_out)), 0)
+        stderr_b = pre_err + os.pread(err_fd, max(0, min(err_size, cap) - len(pre_err)), 0)
         report: dict = {}
         try:
             raw = os.pread(rep_fd, REPORT_CAP, 0)
@@ -660,7 +1292,11 @@ class Worker:
             if isinstance(report.get(key), str):
                 res[key] = report[key]
 
-        if len(chunks) > 1:
+        if mfds is not None:
+            res["_stdout_b"], res["_stderr_b"] = stdout_b, stderr_b
+        if prefix is not None:
+            res["last_output"] = stdout_b[len(pre_out):].decode("utf-8", "replace")
+        elif len(chunks) > 1:
             # what the last chunk printed: from the end of the one before it
             offs = res.get("offsets") or []
             if len(offs) >= len(chunks) - 1:
@@ -719,7 +1355,20 @@ class Worker:
                                   "sympy": getattr(sympy, "__version__", None),
                                   "numpy": getattr(numpy, "__version__", None),
                                   "zygote": self.zygote[0] if self.zygote is not None else None,
-                                  "zygote_starts": self.zygote_starts})
+                                  "zygote_starts": self.zygote_starts,
+                                  "incremental": self.incremental,
+                                  "states": len(self.states),
+                                  "state_pids": sorted(self.state_pids),
+                                  "state_trees": len({k[0] for k in self.states}),
+                                  "tasks": self._tasks(),
+                                  "memory": self._memory(),
+                                  "memory_base": self.memory_base,
+                                  "counters": dict(self.counters)})
+                continue
+            if req.get("op") == "release":  # no answer: the host does not wait for it
+                if self.incremental:
+                    nodes = req.get("nodes")
+                    self._release(str(req.get("tree")), None if nodes is None else [int(n) for n in nodes])
                 continue
             try:
                 res = self.run(req, body)
@@ -728,6 +1377,29 @@ class Worker:
                        "error_type": type(exc).__name__, "error_message": str(exc),
                        "error_line": f"worker: {type(exc).__name__}: {exc}", "duration_s": 0.0}
             self.write_frame(res)
+
+
+def _threads(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb", buffering=0) as f:
+            for line in f.read().splitlines():
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _proc_state(pid: int) -> tuple[str | None, int]:
+    """(state letter, parent pid) from /proc/PID/stat; (None, 0) if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb", buffering=0) as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[0].decode(), int(fields[1])
+    except (OSError, IndexError, ValueError):
+        return None, 0
+
+
 def _oom_kill_count() -> int | None:
     for path, key in (("/sys/fs/cgroup/memory.events", "oom_kill"),            # cgroup v2
                       ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill")):  # cgroup v1
@@ -790,6 +1462,11 @@ def main(argv: list[str] | None = None) -> None:
                          "processes and empty /tmp (ignored unless PID 1 and not root)")
     ap.add_argument("--no-zygote", action="store_true",
                     help="fork every program from this process (no slim tier)")
+    ap.add_argument("--incremental", action="store_true",
+                    help="node states: a search-tree step forks its parent step's live interpreter")
+    ap.add_argument("--max-states", type=int, default=64, help="node states kept at most (LRU)")
+    ap.add_argument("--state-memory-mb", type=int, default=256,
+                    help="memory the container may use beyond its start for node states (LRU); 0: no bound")
     ap.add_argument("--zygote", action="store_true", help=argparse.SUPPRESS)  # internal: the slim tier
     ap.add_argument("--as-limit", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -835,22 +1512,38 @@ def zygote_main(limits: Limits, as_limit: int) -> None:
     gc.disable()
     streams = _make_streams()
     random.seed()
+    req_sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, req_fd)
     os.write(st_fd, b"R")
     while True:
-        head = _read_exact(req_fd, INT.size)
-        if head is None:
+        try:
+            head, fds, _, _ = socket.recv_fds(req_sock, INT.size, 4)
+        except OSError:
+            os._exit(0)
+        if not head:
             os._exit(0)  # the worker went away
-        body = _read_exact(req_fd, INT.unpack(head)[0])
+        if len(head) < INT.size:
+            rest = _read_exact(req_fd, INT.size - len(head))
+            if rest is None:
+                os._exit(0)
+            head += rest
+        size = INT.unpack(head)[0]
+        body = _read_exact(req_fd, abs(size))
         if body is None:
             os._exit(0)
-        chunks = json.loads(body)["chunks"]
+        req = json.loads(body)
+        chunks = req["chunks"]
+        guard = req.get("protected")
+        if size < 0:  # incremental mode: a child for the worker itself (fork twice), on the given fds
+            _spawn_for_worker(chunks, fds, limits, as_limit, streams, guard, st_fd)
+            random.seed()
+            continue
         try:
             pid = os.fork()
         except OSError:
             os.write(st_fd, INT.pack(FORK_FAILED))
             continue
         if pid == 0:
-            _child(chunks, out_fd, err_fd, rep_fd, limits, as_limit, streams)
+            _child(chunks, out_fd, err_fd, rep_fd, limits, as_limit, streams, guard=guard)
             os._exit(EXIT_INTERNAL)  # not reached
         os.pwrite(ctl_fd, INT.pack(pid), 0)
         # Learn the status without reaping and record it where the worker finds it
@@ -866,6 +1559,35 @@ def zygote_main(limits: Limits, as_limit: int) -> None:
         os.write(st_fd, INT.pack(status))
         streams = _make_streams()
         random.seed()
+
+
+def _spawn_for_worker(chunks, fds, limits, as_limit, streams, guard, st_fd) -> None:
+    """Fork a middle process that forks the program and exits at once, so that the
+    program (which may stay alive as a node state) is re-parented to the worker, which
+    waits for it; write the program's pid (or FORK_FAILED) on the status pipe."""
+    try:
+        if len(fds) != 4:
+            os.write(st_fd, INT.pack(FORK_FAILED))
+            return
+        try:
+            middle = os.fork()
+        except OSError:
+            os.write(st_fd, INT.pack(FORK_FAILED))
+            return
+        if middle == 0:
+            try:
+                pid = os.fork()
+            except OSError:
+                os.write(st_fd, INT.pack(FORK_FAILED))
+                os._exit(0)
+            if pid == 0:
+                _child(chunks, fds[0], fds[1], fds[2], limits, as_limit, streams, chan=fds[3], guard=guard)
+            os.write(st_fd, INT.pack(pid))
+            os._exit(0)
+        os.waitpid(middle, 0)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 if __name__ == "__main__":

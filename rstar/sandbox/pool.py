@@ -62,6 +62,9 @@ class SandboxConfig:
     max_output_bytes: int = 64 * 1024  # stdout/stderr kept; more gives status output_limit
     nofile: int = 256                # RLIMIT_NOFILE per program
     user: str = "65534:65534"        # nobody:nogroup
+    incremental: bool = True         # run_steps with nodes: a step forks its parent step's live state
+    max_states: int = 64             # node states kept per container (LRU); adds to the pids limit
+    state_memory_mb: int = 192       # memory per container the states may take beyond the idle worker (LRU)
     pipeline_depth: int = 4          # requests in flight per container
     grace_s: float = 5.0             # extra wait beyond the timeout before a container counts as stuck
     start_timeout_s: float = 60.0    # a container must answer its first ping within this
@@ -77,7 +80,12 @@ class SandboxConfig:
             "--nproc", str(int(self.nproc)),
             "--nofile", str(int(self.nofile)),
             "--max-output-bytes", str(int(self.max_output_bytes)),
-        ]
+        ] + (["--incremental", "--max-states", str(int(self.max_states)),
+              "--state-memory-mb", str(int(self.state_memory_mb))] if self.incremental else [])
+
+    def container_pids_limit(self) -> int:
+        """pids_limit is for the worker and the program; node states come on top."""
+        return int(self.pids_limit) + (int(self.max_states) + 8 if self.incremental else 0)
 
 
 @dataclass
@@ -94,6 +102,7 @@ class ExecResult:
     stdout_truncated: bool = False
     last_output: str | None = None   # for multi-chunk programs: stdout of the last chunk
     failed_step: int | None = None   # for multi-chunk programs: index of the chunk that failed
+    reused_state: bool = False       # run_steps with nodes: only the last step ran, in a fork of its parent's state
 
     @property
     def ok(self) -> bool:
@@ -132,6 +141,7 @@ def _result_from_frame(msg: dict) -> ExecResult:
         stdout_truncated=int(msg.get("stdout_bytes") or 0) > len(out.encode("utf-8", "replace")),
         last_output=msg.get("last_output"),
         failed_step=msg.get("failed_step"),
+        reused_state=bool(msg.get("reused_state")),
     )
 
 
@@ -139,15 +149,24 @@ def _result_from_frame(msg: dict) -> ExecResult:
 
 
 class _Job:
-    __slots__ = ("chunks", "timeout", "result", "done", "attempts", "id")
+    __slots__ = ("chunks", "timeout", "result", "done", "attempts", "id", "extra", "slot", "reply")
 
-    def __init__(self, chunks: list[str], timeout: float) -> None:
+    def __init__(self, chunks: list[str], timeout: float, extra: dict | None = None, slot: int | None = None,
+                 reply: bool = True) -> None:
         self.chunks = chunks
         self.timeout = timeout
-        self.result: ExecResult | None = None
+        self.result: ExecResult | dict | None = None
         self.done = threading.Event()
         self.attempts = 0
         self.id = 0
+        self.extra = extra      # more request fields: tree/node/parent, or a control op (ping, release)
+        self.slot = slot        # the container that must run it (a tree's), or None: any
+        self.reply = reply      # False: the worker answers nothing (release)
+
+    def wait(self) -> None:
+        """Wait in short slices: a Ctrl-C that another thread took is handled within 0.1 s."""
+        while not self.done.wait(0.1):
+            pass
 
     def finish(self, result: ExecResult) -> None:
         if self.result is None:
@@ -160,33 +179,54 @@ class _Queue:
 
     def __init__(self) -> None:
         self._items: collections.deque[_Job] = collections.deque()
+        self._own: dict[int, collections.deque[_Job]] = collections.defaultdict(collections.deque)
         self._cond = threading.Condition()
         self.closed = False
 
+    def _deque(self, job: _Job) -> collections.deque:
+        return self._items if job.slot is None else self._own[job.slot]
+
     def put_many(self, jobs) -> None:
         with self._cond:
-            self._items.extend(jobs)
+            for job in jobs:
+                self._deque(job).append(job)
             self._cond.notify_all()
 
     def put_front(self, jobs) -> None:
         with self._cond:
-            self._items.extendleft(reversed(list(jobs)))
+            for job in reversed(list(jobs)):
+                self._deque(job).appendleft(job)
             self._cond.notify_all()
 
-    def get(self, timeout: float | None) -> _Job | None:
+    def get(self, timeout: float | None, slot: int | None = None) -> _Job | None:
+        """The next job for this slot: its own (a tree routed to it) first, then any."""
         with self._cond:
-            if not self._items and timeout:
-                self._cond.wait_for(lambda: self._items or self.closed, timeout)
-            while self._items:
-                job = self._items.popleft()
-                if job.result is None:  # skip jobs already answered (cancelled)
-                    return job
+            own = self._own.get(slot) if slot is not None else None
+            if not self._items and not own and timeout:
+                self._cond.wait_for(lambda: self._items or self._own.get(slot) or self.closed, timeout)
+                own = self._own.get(slot) if slot is not None else None
+            for dq in (own, self._items):
+                while dq:
+                    job = dq.popleft()
+                    if job.result is None:  # skip jobs already answered (cancelled)
+                        return job
             return None
 
-    def drain(self) -> list[_Job]:
+    def drain(self, slot: int | None = None) -> list[_Job]:
+        """Take queued jobs: those any container may run, or (slot given) that slot's own."""
+        with self._cond:
+            dq = self._items if slot is None else self._own.get(slot, collections.deque())
+            items = list(dq)
+            dq.clear()
+            return items
+
+    def drain_all(self) -> list[_Job]:
         with self._cond:
             items = list(self._items)
             self._items.clear()
+            for dq in self._own.values():
+                items.extend(dq)
+                dq.clear()
             return items
 
     def close(self) -> None:
@@ -274,7 +314,7 @@ class _Slot(threading.Thread):
             tmpfs={"/tmp": f"rw,nosuid,nodev,noexec,size={int(cfg.tmpfs_mb)}m,mode=1777"},
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
-            pids_limit=int(cfg.pids_limit),
+            pids_limit=cfg.container_pids_limit(),
             mem_limit=f"{int(cfg.memory_mb)}m",
             memswap_limit=f"{int(cfg.memory_mb)}m",
             nano_cpus=int(float(cfg.cpus) * 1e9),
@@ -446,8 +486,14 @@ class _Slot(threading.Thread):
     def _fail_waiting(self, message: str) -> None:
         while self.inflight:
             self.inflight.popleft().finish(_sandbox_error(message))
-        if not any(s.container_id for s in self.pool.slots if s is not self):
-            for job in self.pool.queue.drain():
+        others = any(s.container_id for s in self.pool.slots if s is not self)
+        own = self.pool.queue.drain(self.index)
+        if others:  # this container's trees run elsewhere meanwhile (their states are gone anyway)
+            for job in own:
+                job.slot = None
+            self.pool.queue.put_front([j for j in own if j.reply])
+        else:
+            for job in own + self.pool.queue.drain():
                 job.finish(_sandbox_error(message))
 
     def _container_failed(self, reason: str) -> None:
@@ -473,12 +519,17 @@ class _Slot(threading.Thread):
         while not pool._closing:
             # keep the pipeline full
             while len(self.inflight) < depth:
-                job = pool.queue.get(timeout=None if self.inflight else 0.2)
+                job = pool.queue.get(timeout=None if self.inflight else 0.2, slot=self.index)
                 if job is None:
                     break
                 job.id = self._new_id()
                 req = {"id": job.id, "chunks": job.chunks, "timeout": job.timeout}
+                if job.extra:
+                    req.update(job.extra)
                 self._send(req)
+                if not job.reply:  # a release: nothing comes back
+                    job.finish({})
+                    continue
                 if not self.inflight:
                     self.head_since = time.monotonic()
                 self.inflight.append(job)
@@ -495,8 +546,15 @@ class _Slot(threading.Thread):
                 raise _ContainerDead("the worker answered out of order")
             self.inflight.popleft()
             self.head_since = time.monotonic()
-            head.finish(_result_from_frame(msg))
+            if msg.get("pong"):
+                self.info = msg
+                head.finish(msg)
+                continue
+            res = _result_from_frame(msg)
+            head.finish(res)
             pool.stats["executed"] += 1
+            if head.extra and "node" in head.extra:
+                pool.stats["state_reused" if res.reused_state else "state_replayed"] += 1
 
 
 # ------------------------------------------------------------------ pool
@@ -536,6 +594,7 @@ class SandboxPool:
         self._lock = threading.Lock()
         self._containers: set[str] = set()
         self._removers: list[threading.Thread] = []
+        self._tree_slot: dict = {}   # search tree key -> index of the container that holds its states
 
         self.client = engine.connect()
         engine.require_image(self.client, self.config.image)
@@ -546,7 +605,8 @@ class SandboxPool:
             for slot in self.slots:
                 slot.start()
             for slot in self.slots:
-                slot.ready.wait()
+                while not slot.ready.wait(0.1):  # short slices: Ctrl-C is never held up
+                    pass
             errors = [s.start_error for s in self.slots if s.start_error is not None]
             if errors:
                 err = errors[0]
@@ -565,11 +625,29 @@ class SandboxPool:
         """Execute each program in a fresh process; one ExecResult per program, in order."""
         return self._run_chunks([[p] for p in programs], timeout_s)
 
-    def run_steps(self, paths: list[list[str]], timeout_s: float | None = None) -> list[StepResult]:
+    @property
+    def incremental(self) -> bool:
+        """Node states are in use: configured so, and every worker supports it."""
+        return bool(self.config.incremental) and all(
+            (getattr(s, "info", None) or {}).get("incremental", False) for s in self.slots)
+
+    def run_steps(self, paths: list[list[str]], timeout_s: float | None = None,
+                  nodes: list[tuple] | None = None) -> list[StepResult]:
         """For each search path (the code of its steps), run the steps in order in one
         process and judge the last step: valid if the whole program ran; output is what
-        the last step printed (rStar-Math step semantics)."""
-        results = self._run_chunks([list(p) for p in paths], timeout_s)
+        the last step printed (rStar-Math step semantics).
+
+        ``nodes[i] = (tree, node, parent)`` (incremental mode): ``tree`` a hashable key of
+        a search tree, ``node`` an int unique within it, ``parent`` the node whose state
+        is the interpreter after ``paths[i][:-1]`` (None: nothing to reuse). When that
+        state is alive, only the last step runs, in a fork of it; otherwise the whole path
+        runs. Either way the result is the one re-running the path gives; a step that
+        runs OK may be kept as ``(tree, node)``'s state until ``release``. All programs
+        of one tree go to one container."""
+        if nodes is not None and len(nodes) != len(paths):
+            raise ValueError(f"run_steps: {len(paths)} paths but {len(nodes)} nodes")
+        results = self._run_chunks([list(p) for p in paths], timeout_s,
+                                   nodes=nodes if nodes is not None and self.incremental else None)
         out = []
         for path, res in zip(paths, results):
             if len(path) <= 1:
@@ -580,6 +658,36 @@ class SandboxPool:
                                   error=None if res.ok else (res.error_line or res.status), exec=res))
         return out
 
+    def release(self, tree, nodes=None) -> None:
+        """Drop the states of these nodes of ``tree`` (all of the tree's when ``nodes`` is
+        None). Cheap (the container does it between programs) and safe for unknown keys."""
+        if self._closing or not self.config.incremental:
+            return
+        with self._lock:
+            slot = self._tree_slot.get(tree) if nodes is not None else self._tree_slot.pop(tree, None)
+        if slot is None:
+            return
+        extra = {"op": "release", "tree": str(tree),
+                 "nodes": None if nodes is None else [int(n) for n in nodes]}
+        self.queue.put_many([_Job([], 0.0, extra=extra, slot=slot, reply=False)])
+
+    def state_info(self) -> list[dict]:
+        """Per container: what its worker reports (states, their pids, tasks, memory, counters)."""
+        jobs = [_Job([], 10.0, extra={"ping": True}, slot=i) for i in range(len(self.slots))]
+        self.queue.put_many(jobs)
+        for job in jobs:
+            job.wait()
+        return [j.result if isinstance(j.result, dict) else {} for j in jobs]
+
+    def _slot_for(self, tree) -> int:
+        with self._lock:
+            idx = self._tree_slot.get(tree)
+            if idx is None:
+                load = collections.Counter(self._tree_slot.values())
+                idx = min(range(len(self.slots)), key=lambda i: (load[i], i))
+                self._tree_slot[tree] = idx
+            return idx
+
     def close(self) -> None:
         """Stop every container of this pool; safe to call more than once."""
         with self._lock:
@@ -588,7 +696,7 @@ class SandboxPool:
             self._closed = True
         self._closing = True
         self.queue.close()
-        for job in self.queue.drain():
+        for job in self.queue.drain_all():
             job.finish(_sandbox_error("the sandbox pool was closed"))
         for slot in getattr(self, "slots", []):
             for job in list(slot.inflight):
@@ -623,25 +731,37 @@ class SandboxPool:
         return [s.container_id for s in self.slots if s.container_id]
 
     # ------------------------------------------------------------ internals
-    def _run_chunks(self, programs: list[list[str]], timeout_s: float | None) -> list[ExecResult]:
+    def _run_chunks(self, programs: list[list[str]], timeout_s: float | None,
+                    nodes: list[tuple] | None = None) -> list[ExecResult]:
         if self._closing:
             raise SandboxUnavailable("the sandbox pool is closed")
         timeout = float(timeout_s if timeout_s is not None else self.config.timeout_s)
         unique: dict[tuple, _Job] = {}
         order: list[_Job] = []
-        for chunks in programs:
+        for i, chunks in enumerate(programs):
             if isinstance(chunks, str):
                 chunks = [chunks]
-            key = tuple(chunks)
+            tree = nodes[i][0] if nodes is not None else None
+            key = (tree, tuple(chunks))
             job = unique.get(key)
             if job is None:
-                job = unique[key] = _Job(list(chunks), timeout)
+                if nodes is not None and chunks:
+                    _, node, parent = nodes[i]
+                    extra = {"tree": str(tree), "node": int(node),
+                             "parent": None if parent is None else int(parent)}
+                    job = _Job(list(chunks), timeout, extra=extra, slot=self._slot_for(tree))
+                else:
+                    job = _Job(list(chunks), timeout)
+                unique[key] = job
             order.append(job)
         self.stats["deduplicated"] += len(order) - len(unique)
-        self.queue.put_many(unique.values())
         try:
+            # Ctrl-C (KeyboardInterrupt) may land anywhere from here on: each wait is in
+            # short slices, so even a SIGINT that one of the pool's threads took (the main
+            # thread then sleeps on, not woken) is raised here within 0.1 s.
+            self.queue.put_many(unique.values())
             for job in unique.values():
-                job.done.wait()
+                job.wait()
         except BaseException:  # Ctrl-C while waiting: leave nothing behind
             for job in unique.values():
                 job.finish(_sandbox_error("interrupted"))
