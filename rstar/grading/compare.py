@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import cmath
 import random
+import re
 
 import sympy as sp
 from sympy.matrices import MatrixBase
@@ -101,14 +102,32 @@ def _imaginary_i(obj):
     return obj
 
 
-def read_answer(s: str):
-    """Program syntax first (no backslash), else LaTeX; raises Unparsable."""
-    if "\\" not in s:
+# program syntax that LaTeX does not use: **, *, calls of named functions, oo, I, {..}
+_PROGRAM_RE = re.compile(
+    r"\*|[A-Za-z_]{2,}\(|\d\s*j\b|\{|"
+    r"\b(?:oo|pi|I|E|True|False|None|Reals|EmptySet|Integers|Naturals|Complexes)\b"
+)
+
+
+def read_answer(s: str, gold: bool = False):
+    """The object an answer stands for; raises Unparsable.
+
+    A prediction without a backslash is read as program output first
+    (``[1, 2]`` is a list); a gold answer as LaTeX first (``[1, 2]`` is a
+    closed interval, ``1, 2`` a set of answers) unless it looks like program
+    syntax (``3*pi/2``: the grader also compares two predictions in a vote).
+    """
+    if "\\" not in s and (not gold or _PROGRAM_RE.search(s)):
         try:
             return _imaginary_i(parse_printed(s))
         except Unparsable:
             pass
-    return _imaginary_i(read_latex(s))
+    try:
+        return _imaginary_i(read_latex(s))
+    except Unparsable:
+        if "\\" in s:
+            raise
+    return _imaginary_i(parse_printed(s))
 
 
 # ----------------------------------------------------------------------------
@@ -451,7 +470,7 @@ def _proportional(da, db) -> bool | None:
 def judge(pred: str, gold: str) -> bool | None:
     """Read and compare two normalised answers: True, False or None (cannot decide)."""
     try:
-        g = read_answer(gold)
+        g = read_answer(gold, gold=True)
     except Unparsable:
         return None
     try:

@@ -47,6 +47,7 @@ class Seq:
 _CONSTS = {
     "pi": sp.pi,
     "E": sp.E,
+    "e": sp.E,  # e^2 in an answer is Euler's number
     "I": sp.I,
     "oo": sp.oo,
     "inf": sp.oo,
@@ -332,6 +333,19 @@ _SPACED_NUMBERS_RE = re.compile(r"^\s*-?\d+(?:\.\d+)?(?:\s+-?\d+(?:\.\d+)?)+\s*$
 _NUMPY_ROW_RE = re.compile(r"(?<=[\d.])\s+(?=[-\d])")
 
 
+def _parenthesised(s: str) -> bool:
+    """Whether the whole of ``s`` is one ( ... ) group."""
+    if not (s.startswith("(") and s.endswith(")")):
+        return False
+    depth = 0
+    for i, c in enumerate(s):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth == 0 and i < len(s) - 1:
+            return False
+    return True
+
+
 def parse_printed(text: str):
     """The sympy object (or :class:`Seq`) a program's printed answer stands for.
 
@@ -353,7 +367,10 @@ def parse_printed(text: str):
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         raise Unparsable(str(exc)) from None
     try:
-        return _Builder()(tree)
+        obj = _Builder()(tree)
+        if isinstance(obj, Seq) and obj.ordered and not _parenthesised(s):
+            obj = Seq(obj.items, False)  # "1, 2": a bare list of answers, not a tuple
+        return obj
     except Unparsable:
         raise
     except RecursionError:
