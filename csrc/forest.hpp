@@ -112,6 +112,7 @@ constexpr size_t BYTES_PER_NODE =
     sizeof(int32_t) * 2 + sizeof(uint16_t) * 2 + sizeof(uint8_t) + sizeof(int32_t) * 2 +
     sizeof(double) + sizeof(float) * 4 + sizeof(uint16_t);
 static_assert(BYTES_PER_NODE == 47, "node layout changed: update the table above");
+static_assert(BYTES_PER_NODE <= 48, "the design target is at most 48 bytes per node");
 static_assert(sizeof(float) == 4 && sizeof(double) == 8, "IEEE single/double expected");
 
 struct RuleParams {
