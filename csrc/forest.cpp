@@ -509,6 +509,7 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
     fail(w + ": reserve has length " + std::to_string(reserve->size()) + " but there are " +
          std::to_string(nodes.size()) + " nodes");
   int64_t total = 0;
+  std::vector<int64_t> res_of(nodes.size(), 0);  // slots of the block a node without one gets
   for (size_t i = 0; i < nodes.size(); ++i) {
     const int64_t id = nodes[i];
     check_id(id, what);
@@ -516,7 +517,14 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
     const std::string at = "[" + std::to_string(i) + "]";
     if (cnt < 0) fail(w + ": counts" + at + " is negative (" + id_str(cnt) + ")");
     if (cnt > MAX_CHILDREN) fail(w + ": counts" + at + " = " + id_str(cnt) + " exceeds " + id_str(MAX_CHILDREN));
-    const int64_t res = reserve ? (*reserve)[i] : cnt;
+    int64_t res = reserve ? (*reserve)[i] : cnt;
+    if (!reserve && append && cnt > 0 && first_child[id] == NO_PARENT) {
+      // add_children's default: room for the tree's max_children (the stop rule's limit)
+      int32_t root = static_cast<int32_t>(id);
+      while (parent[root] != NO_PARENT) root = parent[root];
+      res = std::max<int64_t>(cnt, params_of_root(root).max_children);
+    }
+    res_of[i] = res;
     if (res < cnt) fail(w + ": reserve" + at + " = " + id_str(res) + " is less than counts" + at + " = " + id_str(cnt));
     if (res > MAX_CHILDREN) fail(w + ": reserve" + at + " = " + id_str(res) + " exceeds " + id_str(MAX_CHILDREN));
     const uint8_t fl = flags[id];
@@ -559,8 +567,7 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
   std::vector<int64_t> block(nodes.size(), -1);
   for (size_t i = 0; i < nodes.size(); ++i) {
     if (first_child[nodes[i]] != NO_PARENT) continue;
-    const int64_t res = reserve ? (*reserve)[i] : counts[i];
-    if (res > 0) block[i] = take(res, top, taken);
+    if (res_of[i] > 0) block[i] = take(res_of[i], top, taken);
   }
   commit_top(top, taken);
   // Fresh blocks: every slot starts as a fresh node, the columns that are the same for all
@@ -575,7 +582,7 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
     const size_t cnt = static_cast<size_t>(counts[i]);
     size_t lo;  // first slot to be born
     if (block[i] >= 0) {
-      const size_t res = static_cast<size_t>(reserve ? (*reserve)[i] : counts[i]);
+      const size_t res = static_cast<size_t>(res_of[i]);
       lo = static_cast<size_t>(block[i]);
       first_child[id] = static_cast<int32_t>(lo);
       std::fill_n(parent.p + lo, res, static_cast<int32_t>(id));

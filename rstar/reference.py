@@ -339,14 +339,21 @@ class Forest:
         counts = _ints(counts)
         if len(ids) != len(counts):
             raise ValueError(f"{what}: ids and counts differ in length")
-        if reserve is not None:
+        given = reserve is not None
+        if given:
             reserve = _ints(reserve)
             if len(reserve) != len(ids):
                 raise ValueError(f"{what}: reserve has length {len(reserve)} but there are {len(ids)} nodes")
         else:
-            reserve = counts
-        for i, (nid, cnt, res) in enumerate(zip(ids, counts, reserve)):
+            reserve = list(counts)
+        for i, (nid, cnt) in enumerate(zip(ids, counts)):
             node = self._node(nid, what)
+            if not given and append and cnt > 0 and node.first_slot < 0:
+                root = node
+                while root.parent is not None:
+                    root = root.parent
+                reserve[i] = max(cnt, self.rules[root.id][4])
+            res = reserve[i]
             if cnt < 0:
                 raise ValueError(f"{what}: counts[{i}] is negative ({cnt})")
             if cnt > MAX_CHILDREN:

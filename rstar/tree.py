@@ -91,8 +91,10 @@ Growing trees:
   ``counts[i]`` unborn slots of ``nodes[i]`` into children after those it has
   (ids stay stable; ``children`` lists them all in creation order); too few
   unborn slots left raises ValueError (expand with a larger ``reserve``). A
-  node without a block is expanded (``reserve`` as in ``expand``; ignored for
-  nodes that have one). Pending, in-flight and exhausted nodes may get
+  node without a block is expanded, with ``reserve`` as in ``expand`` except
+  its default: ``max(counts[i], max_children of the tree)`` when ``counts[i]
+  > 0`` (so the stop rule's nodes have room for their later children);
+  ``reserve`` is ignored for nodes that have a block. Pending, in-flight and exhausted nodes may get
   children (an exhausted node, and each exhausted ancestor above it, is no
   longer exhausted); terminal and invalid ones may not. ``slots_left(nodes)``
   gives the unborn slots each node has left (0 without a block).

@@ -73,6 +73,22 @@ def test_add_children_on_a_node_without_a_block_is_expand():
     assert f.slots_left(1) == 1
 
 
+def test_add_children_reserves_room_for_max_children_by_default():
+    f = Forest()
+    (r,) = f.create_roots(1, rule=MCTSR, max_children=3).tolist()
+    (u,) = f.create_roots(1, rule=UCT).tolist()
+    a, b = f.expand([r], [2]).tolist()  # expand: the block is what was asked for
+    assert f.slots_left(r) == 0
+    (a1,) = f.add_children([a], [1]).tolist()  # a had no block: room for K = 3
+    assert f.slots_left(a) == 2
+    assert f.add_children([b], [0]).tolist() == [] and f.view("first_child")[b] == -1  # 0: untouched
+    (b1,) = f.add_children([b], [1], reserve=[1]).tolist()  # an explicit reserve wins
+    assert f.slots_left(b) == 0
+    (u1,) = f.add_children([u], [1]).tolist()  # K = 0: just the children
+    assert f.slots_left(u) == 0
+    assert f.add_children([a], [2]).tolist() == [a1 + 1, a1 + 2]
+
+
 def test_expand_with_a_reserve_and_no_children_keeps_a_leaf():
     f = Forest()
     (r,) = f.create_roots(1).tolist()
