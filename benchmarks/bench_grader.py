@@ -225,12 +225,21 @@ def main() -> None:
     grader.grade("x", "y")
 
     same, same_ok, pert, pert_eq, unknown, times = 0, 0, 0, 0, 0, []
+    fast_times, worker_times = [], []
+
+    def timed(p, g):
+        asks = grader._POOL.asks
+        t = time.perf_counter()
+        r = grader.grade(p, g, timeout=args.timeout)
+        dt = time.perf_counter() - t
+        times.append(dt)
+        (worker_times if grader._POOL.asks > asks else fast_times).append(dt)
+        return r
+
     fails, fps, unk = [], [], []
     for g, printed, perturbed in tqdm(cases, desc="grade", disable=args.json and not sys.stderr.isatty()):
         for p in printed:
-            t = time.perf_counter()
-            r = grader.grade(p, g, timeout=args.timeout)
-            times.append(time.perf_counter() - t)
+            r = timed(p, g)
             same += 1
             same_ok += r is True
             if r is None:
@@ -239,9 +248,7 @@ def main() -> None:
             elif r is False:
                 fails.append((p, g))
         for p in perturbed:
-            t = time.perf_counter()
-            r = grader.grade(p, g, timeout=args.timeout)
-            times.append(time.perf_counter() - t)
+            r = timed(p, g)
             pert += 1
             pert_eq += r is True
             if r is None:
@@ -283,6 +290,11 @@ def main() -> None:
         "p50_ms": round(1000 * _pct(times, 0.5), 3),
         "p99_ms": round(1000 * _pct(times, 0.99), 3),
         "mean_ms": round(1000 * sum(times) / max(1, len(times)), 3),
+        "fast_path_share": round(len(fast_times) / max(1, len(times)), 4),
+        "fast_path_p50_ms": round(1000 * _pct(fast_times, 0.5), 4),
+        "fast_path_p99_ms": round(1000 * _pct(fast_times, 0.99), 4),
+        "worker_p50_ms": round(1000 * _pct(worker_times, 0.5), 3),
+        "worker_p99_ms": round(1000 * _pct(worker_times, 0.99), 3),
         "timeout_s": args.timeout,
         "baseline_math_verify": base,
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
@@ -296,6 +308,10 @@ def main() -> None:
         f"{len(cases)}/{len(golds)} gold answers parsed; self agreement {summary['self_agreement']:.2%} "
         f"({same_ok}/{same}), false positives {summary['false_positive_rate']:.2%} ({pert_eq}/{pert}), "
         f"unknown {summary['unknown_rate']:.2%}; per comparison p50 {summary['p50_ms']} ms, p99 {summary['p99_ms']} ms"
+    )
+    print(
+        f"fast path (no sympy) {summary['fast_path_share']:.1%} of comparisons, p50 {summary['fast_path_p50_ms']} ms; "
+        f"worker p50 {summary['worker_p50_ms']} ms, p99 {summary['worker_p99_ms']} ms"
     )
     if base:
         print(

@@ -140,13 +140,13 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def _worker_grade(p: str, g: str, timeout: float) -> bool | None:
-    key = (p, g)
+def _worker_grade(p: str, g: str, timeout: float, reference: bool) -> bool | None:
+    key = (p, g) if reference else (p, g, "peer")
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
             return _CACHE[key]
-    res = _POOL.ask(p, g, timeout)
+    res = _POOL.ask(p, g, timeout, reference)
     if res is not None:  # a time-out or a failure is not a fact about the answers
         with _CACHE_LOCK:
             _CACHE[key] = res
@@ -163,7 +163,16 @@ def grade(pred: str | None, gold: str | None, timeout: float = 2.0) -> bool | No
     that is missing.  A missing or empty ``pred`` is False (no answer is a
     wrong answer).  Never raises; returns within about ``timeout`` + 0.5 s
     (plus a one-time worker start of a few seconds).
+
+    ``gold`` is read as a dataset answer: LaTeX first, so ``[1, 2]`` there is
+    a closed interval, while a ``pred`` without backslashes is read as program
+    output first (``[1, 2]`` is a list).  ``vote_groups`` reads both sides as
+    predictions.
     """
+    return _grade(pred, gold, timeout, True)
+
+
+def _grade(pred, gold, timeout: float, reference: bool) -> bool | None:
     try:
         if gold is None or not str(gold).strip():
             return None
@@ -187,7 +196,7 @@ def grade(pred: str | None, gold: str | None, timeout: float = 2.0) -> bool | No
             return pw == gw
         if timeout is None or timeout <= 0:
             return None
-        return _worker_grade(p, g, float(timeout))
+        return _worker_grade(p, g, float(timeout), reference)
     except Exception:
         return None
 
@@ -223,7 +232,7 @@ def vote_groups(
             continue
         a = str(a)
         for grp in groups:
-            if grp[0] == a or grade(a, grp[0], timeout=timeout) is True:
+            if grp[0] == a or _grade(a, grp[0], timeout, False) is True:
                 grp[1] += w
                 grp[2].append(i)
                 break

@@ -467,10 +467,14 @@ def _proportional(da, db) -> bool | None:
     return None
 
 
-def judge(pred: str, gold: str) -> bool | None:
-    """Read and compare two normalised answers: True, False or None (cannot decide)."""
+def judge(pred: str, gold: str, gold_is_reference: bool = True) -> bool | None:
+    """Read and compare two normalised answers: True, False or None (cannot decide).
+
+    ``gold_is_reference``: ``gold`` is a dataset answer (read as LaTeX first);
+    False when both are predictions, as in a vote (both read as program output first).
+    """
     try:
-        g = read_answer(gold, gold=True)
+        g = read_answer(gold, gold=gold_is_reference)
     except Unparsable:
         return None
     try:

@@ -6,7 +6,8 @@ interrupts, and the search calls the grader from many threads (``signal.alarm``
 works only in the main thread).  So every sympy comparison runs in a small,
 reusable worker *process* speaking JSON lines on its stdin/stdout:
 
-* request ``{"pred": str, "gold": str, "timeout": float}``;
+* request ``{"pred": str, "gold": str, "timeout": float, "reference": bool}``
+  (``reference``: ``gold`` is a dataset answer, not another prediction);
 * reply ``{"equal": true | false | null}`` (null: cannot decide).
 
 The worker stops itself at ``timeout`` with an interval timer where Python can
@@ -80,10 +81,10 @@ class _Worker:
         line, self._buf = self._buf.split(b"\n", 1)
         return line
 
-    def ask(self, pred: str, gold: str, timeout: float) -> bool | None:
+    def ask(self, pred: str, gold: str, timeout: float, reference: bool = True) -> bool | None:
         """True/False, or None: undecided, timed out or died (then it is killed)."""
         try:
-            msg = json.dumps({"pred": pred, "gold": gold, "timeout": timeout}) + "\n"
+            msg = json.dumps({"pred": pred, "gold": gold, "timeout": timeout, "reference": reference}) + "\n"
             self.proc.stdin.write(msg.encode())
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
@@ -128,6 +129,7 @@ class WorkerPool:
         self._idle: list[_Worker] = []
         self._count = 0
         self._cond = threading.Condition()
+        self.asks = 0  # comparisons sent to a worker (benchmarks read it)
 
     def _acquire(self) -> _Worker:
         with self._cond:
@@ -157,14 +159,15 @@ class WorkerPool:
                 self._count -= 1
             self._cond.notify()
 
-    def ask(self, pred: str, gold: str, timeout: float) -> bool | None:
+    def ask(self, pred: str, gold: str, timeout: float, reference: bool = True) -> bool | None:
         """The worker's verdict; None when no worker could start."""
+        self.asks += 1
         try:
             w = self._acquire()
         except Exception:
             return None
         try:
-            return w.ask(pred, gold, timeout)
+            return w.ask(pred, gold, timeout, reference)
         finally:
             self._release(w)
 
@@ -215,7 +218,7 @@ def main() -> None:  # pragma: no cover - runs in the child process
             req = json.loads(line)
             signal.setitimer(signal.ITIMER_REAL, max(0.05, float(req.get("timeout", 2.0)) * 0.9))
             try:
-                res = compare.judge(str(req["pred"]), str(req["gold"]))
+                res = compare.judge(str(req["pred"]), str(req["gold"]), bool(req.get("reference", True)))
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _Deadline:
