@@ -93,7 +93,10 @@ def search_run(sandbox_pool, tmp_path_factory):
     template = get_template("default")
 
     def script(prompt, n):
-        cands = SCRIPT.get(_step_no(prompt, template), ["garbage"])
+        k = _step_no(prompt, template)
+        cands = SCRIPT.get(k, ["garbage"])
+        if k == 2 and "minus one" not in prompt:
+            cands = cands[:1]  # one answer (42): the vote cannot tie
         return [cands[i % len(cands)] for i in range(n)]
 
     config = SearchConfig(rollouts=3, children=3, max_depth=4, temperature=0.7, concurrent_problems=2)
@@ -101,7 +104,7 @@ def search_run(sandbox_pool, tmp_path_factory):
                 Problem("p-wrong", "What is 6 times 7, minus one?", "41"),
                 Problem("p-nogold", "What is 6 <b>times</b> 7?", None)]
     run_dir = tmp_path_factory.mktemp("run")
-    search = MCTS(ScriptedPolicy(script), template, sandbox_pool, config, use_gold=False)
+    search = MCTS(ScriptedPolicy(script), template, sandbox_pool, config)  # no scorer: rewards 0, answer by vote or Q
     with ResultWriter(run_dir) as writer:
         for result in search.search(problems):
             writer.write(result)
@@ -260,12 +263,12 @@ def test_hover_shows_q_and_visits(search_run, browser):
 
 @pytest.mark.docker
 def test_the_chosen_path_is_highlighted(search_run, browser):
-    """Schema-1 records (what the search writes today) carry no `chosen`: the path matching `solution`."""
+    """Schema 2 names the chosen node; schema 1 (checked by hand-built records below) only the solution."""
     rec = next(r for r in records_of(search_run) if r["id"] == "p-right")
     nodes = rec["tree"]["nodes"]
-    last_text = rec["solution"][-1]["text"]
-    end = next(n["id"] for n in nodes if n["text"] == last_text and n.get("answer") == rec["answer"])
-    expected = path_to(nodes, end)
+    assert rec["answer"] == "42" and isinstance(rec["chosen"], int)
+    expected = path_to(nodes, rec["chosen"])
+    assert [nodes[i]["text"] for i in expected[1:]] == [s["text"] for s in rec["solution"]]
     assert len(expected) == len(rec["solution"]) + 1
     load(browser, view(search_run), tree_url(rec["id"]))
     chosen = browser.find_elements("css selector", "#tree-svg circle.node.chosen")
