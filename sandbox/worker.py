@@ -38,6 +38,16 @@ the container but the zygote, since anything else alive belongs to the
 finished program; the /proc scan is skipped when the pids cgroup counts no
 extra task), removes whatever the program left in /tmp, and answers.
 
+Incremental mode (``--incremental``): a request may name its search-tree node
+(``tree``, ``node``, ``parent``). A program that runs OK then stays alive as
+that node's state, and the next step of a child node runs in a fork of it: only
+the step's own code executes, with the state's variables, imports and caches
+(see "node states" below). A state that is gone (evicted, killed, never made)
+means the whole path runs instead, with the same result. Every program of an
+incremental container runs under a seccomp filter that keeps it from
+signalling, tracing or reading any process it did not fork (except its own
+parent state), and is non-dumpable for good.
+
 Limits come from the command line (``--cpu-seconds`` ...), see ``main``.
 """
 
@@ -976,6 +986,10 @@ class Worker:
                 self.counters["forked"] += 1
         if outcome is None:
             self.counters["replayed" if parent is None else "fallback"] += 1
+            if st is not None:  # a failed fork may have written before it was killed
+                for fd in files[:3]:
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
             outcome = self._spawn(chunks, files, timeout, slim=not any(heavy))
         pid, status, timed_out, duration, chan, slim, reaper = outcome
         if chan is not None:  # register first, so that the cleanup spares it

@@ -32,8 +32,14 @@ def register(sub) -> None:
     b.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for debootstrap")
     b.set_defaults(func=cmd_build)
 
-    c = ssub.add_parser("check", help="check the engine, the image, and that a smoke program runs")
+    c = ssub.add_parser("check", help="check the engine, the image, and that a smoke program runs",
+                        description="Check the Docker engine and the image, run a smoke program, check that "
+                                    "there is no network, and report the execution mode: incremental (a "
+                                    "search step forks its parent step's live interpreter) or re-execution "
+                                    "(every step re-runs its whole path).")
     c.add_argument("--image", default="rstar-sandbox:latest")
+    c.add_argument("--no-incremental", action="store_true",
+                   help="check re-execution mode (every step re-runs its path) instead of incremental mode")
     c.set_defaults(func=cmd_check)
 
     r = ssub.add_parser("run", help="run a Python file in the sandbox and print its output and status")
@@ -67,7 +73,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         ok(f"image {args.image} present")
     t0 = time.perf_counter()
-    with SandboxPool(size=1, config=SandboxConfig(image=args.image)) as pool:
+    want_incremental = not getattr(args, "no_incremental", False)
+    with SandboxPool(size=1, config=SandboxConfig(image=args.image, incremental=want_incremental)) as pool:
         started = time.perf_counter() - t0
         res = pool.run([SMOKE_PROGRAM], timeout_s=10)[0]
         if res.status != "ok" or res.stdout.strip() != SMOKE_EXPECTED:
@@ -82,6 +89,22 @@ def cmd_check(args: argparse.Namespace) -> int:
         if "CONNECTED" in probe.stdout:
             raise SandboxUnavailable("the sandbox has network access; this should never happen: do not use it")
         ok("no network inside the sandbox")
+        if pool.incremental:
+            steps = [["x = 6", "y = x * 7", "print(y)"][:i + 1] for i in range(3)]
+            for i, path in enumerate(steps):
+                res = pool.run_steps([path], nodes=[("check", i, i - 1 if i else None)])[0]
+            pool.release("check")
+            if res.output != "42\n" or not res.exec.reused_state:
+                raise SandboxUnavailable(
+                    f"incremental mode does not work in {args.image} (status {res.status}, output "
+                    f"{res.output!r}); rebuild the image with: rstar sandbox build, or run with --no-incremental")
+            ok("mode: incremental (a step forks its parent step's live interpreter; "
+               f"up to {pool.config.max_states} states per container)")
+        elif want_incremental:
+            print("warn  mode: re-execution (this machine's kernel or CPU has no seccomp support for node "
+                  "states); every step re-runs its path")
+        else:
+            ok("mode: re-execution (--no-incremental): every step re-runs its path")
     print("sandbox ready")
     return 0
 
