@@ -379,14 +379,19 @@ def test_schema_variants_and_whole_answer_trees(browser, tmp_path):
              answer=str(i), correct=(i == 4), terminal=False) for i in range(1, 6)]
     mctsr = {"schema": 2, "id": "mctsr", "index": 1, "question": "q3", "gold": "4", "answer": "4", "correct": True,
              "grade": "equal", "chosen": 4, "algo": "mctsr", "tree": {"nodes": whole}}
+    # schema 1: no `chosen`; the path is found by the solution's step texts (and code, where texts repeat)
+    t1, t2 = " 1: x\nx = 1 / 1\n# Step", " 2: done\nprint(5)\n```"
     s1_nodes = [{"id": 0, "parent": -1, "depth": 0, "visits": 1, "q": 1.0, "kind": "root", "status": "ok",
                  "text": "", "code": "", "output": ""},
-                {"id": 1, "parent": 0, "depth": 1, "visits": 1, "q": 1.0, "kind": "final", "status": "ok",
-                 "terminal": True, "text": " 1: done\nprint(5)\n```", "code": "print(5)", "output": "5\n",
-                 "answer": "5", "correct": True}]
+                {"id": 1, "parent": 0, "depth": 1, "visits": 0, "q": None, "kind": "code", "status": "error",
+                 "text": t1, "code": "", "output": "ZeroDivisionError: float division by zero"},
+                {"id": 2, "parent": 0, "depth": 1, "visits": 1, "q": 1.0, "kind": "code", "status": "ok",
+                 "text": t1, "code": "x = 1 / 1", "output": ""},
+                {"id": 3, "parent": 2, "depth": 2, "visits": 1, "q": 1.0, "kind": "final", "status": "ok",
+                 "terminal": True, "text": t2, "code": "print(5)", "output": "5\n", "answer": "5", "correct": True}]
     s1 = {"id": "s1", "index": 2, "question": "q1", "gold": "5", "answer": "5", "correct": True,
-          "selection": "q", "solution": [{"text": " 1: done\nprint(5)\n```", "code": "print(5)", "output": "5\n",
-                                          "kind": "final"}],
+          "selection": "q", "solution": [{"text": t1, "code": "x = 1 / 1", "output": "", "kind": "code"},
+                                          {"text": t2, "code": "print(5)", "output": "5\n", "kind": "final"}],
           "time": {"model_s": 1, "sandbox_s": 1, "other_s": 0, "total_s": 2}, "tree": {"nodes": s1_nodes}}
     bare = {"id": "bare", "index": 3, "question": "q4", "gold": None, "answer": None, "correct": None}
     undecided = simple_record("undecided", 4, answer="x^2", gold="4", correct=None, grade="unknown")
@@ -400,7 +405,7 @@ def test_schema_variants_and_whole_answer_trees(browser, tmp_path):
     expected = {
         "s2": ({"root": 1, "step": 1, "max_depth": 1, "correct": 1, "unknown": 1, "no_answer": 1}, [0, 1, 3]),
         "mctsr": ({"root": 1, "wrong": 4, "correct": 1}, [0, 2, 4]),
-        "s1": ({"root": 1, "correct": 1}, [0, 1]),
+        "s1": ({"root": 1, "error": 1, "step": 1, "correct": 1}, [0, 2, 3]),
         "bare": ({}, []),
     }
     for pid, (states, chosen) in expected.items():

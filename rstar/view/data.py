@@ -33,7 +33,7 @@ STATES = {
 }
 EXEC_FAILURES = {"error", "timeout", "memory", "output_limit", "sandbox_error"}
 CUT_STATES = {"error", "parse_error", "max_depth", "no_answer"}
-NODE_TEXT_FIELDS = ("text", "code", "output", "reason", "answer", "prompt")
+NODE_TEXT_FIELDS = ("text", "shown", "code", "output", "reason", "answer", "prompt")
 NODE_NUMBER_FIELDS = ("visits", "q", "value", "prior", "tokens", "logprob")
 
 
@@ -138,6 +138,8 @@ def normalize_nodes(raw: list) -> list[dict]:
             v = _text(n.get(f))
             if v:
                 out[f] = v
+        if out.get("shown") == out.get("text"):
+            out.pop("shown", None)  # only kept where later prompts saw more than the step (an output block)
         if isinstance(n.get("correct"), bool):
             out["correct"] = n["correct"]
         if n.get("terminal"):
@@ -212,10 +214,15 @@ def _time(record: dict) -> dict:
 
 
 def _selection(record: dict) -> str | None:
+    """How the answer was chosen, in words: 'vote (1 of 2 finished)'."""
     s = record.get("selection")
-    if isinstance(s, dict):
-        return _text(s.get("method"))
-    return _text(s)
+    if not isinstance(s, dict):
+        return _text(s)
+    method = _text(s.get("method"))
+    votes, finished = _number(s.get("votes")), _number(s.get("finished"))
+    if method and votes is not None and finished:
+        return f"{method} ({votes:g} of {finished:g} finished)"
+    return method
 
 
 def problem_view(record: dict) -> dict:

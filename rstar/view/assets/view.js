@@ -365,7 +365,7 @@
     return x;
   }
 
-  function radius(n) { return 4 + 9 * Math.sqrt((n.visits || 0) / view.maxVisits); }
+  function radius(n) { return 5 + 8 * Math.sqrt((n.visits || 0) / view.maxVisits); }
 
   function layoutAndDraw() {
     const { nodes, onPath, g } = view;
@@ -391,7 +391,7 @@
         fold.push(svg("text", { cls: "fold", x: cx + radius(n) + 2, y: cy + 4, text: "+" + (view.size[n.id] - 1) }));
       }
       c.setAttribute("class", cls);
-      c.style.fillOpacity = (0.45 + 0.55 * Math.sqrt((n.visits || 0) / view.maxVisits)).toFixed(2);
+      c.style.fillOpacity = (0.6 + 0.4 * Math.sqrt((n.visits || 0) / view.maxVisits)).toFixed(2);
       circles.push(c);
     }
     const eg = svg("g", { cls: "edges" });
@@ -504,6 +504,7 @@
     if (n.text) parts.push(...section("Step text", el("pre", { id: "node-text", text: n.text })));
     if (n.code) { const c = highlight(n.code); c.id = "node-code"; parts.push(...section("Code", c)); }
     if (n.output) parts.push(...section(n.state === "error" ? "Output (the error)" : "Output", el("pre", { cls: n.state === "error" ? "reason" : "", id: "node-output", text: n.output })));
+    if (n.shown) parts.push(...section("Shown to the model in later prompts", el("pre", { id: "node-shown", text: n.shown })));
     if (n.prompt) parts.push(...section("Prompt", el("pre", { text: n.prompt })));
     if (id === 0 && view.p.prompt) parts.push(...section("Prompt before the first step", el("pre", { text: view.p.prompt })));
     parts.push(el("h3", { text: "Chosen solution" }), solutionList());
