@@ -16,7 +16,11 @@ def test_help_explains_every_command():
     for cmd in ("solve", "run", "eval", "model", "sandbox"):
         assert cmd in r.stdout
     r = rstar("run", "--help")
-    assert r.returncode == 0 and "--resume" in r.stdout and "--reward" in r.stdout and "JSONL" in r.stdout
+    assert r.returncode == 0 and "--resume" in r.stdout and "--scorer" in r.stdout and "JSONL" in r.stdout
+    for algo in ("mcts", "puct", "beam", "bon", "mctsr", "greedy"):  # each algorithm is explained
+        assert f"  {algo} " in r.stdout, algo
+    for word in ("--beam-width", "--mctsr-rollouts", "--config", "ppm:PATH", "majority vote"):
+        assert word in r.stdout, word
 
 
 def assert_one_line_error(r, *needles):
@@ -69,12 +73,12 @@ def test_run_with_a_gguf_model_uses_the_backend_concurrency(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
                             for i in range(2)))
-    common = ["run", data, "--model", model, "--method", "greedy", "--max-depth", "2", "--max-tokens", "24",
+    common = ["run", data, "--model", model, "--algo", "greedy", "--max-depth", "2", "--max-tokens", "24",
               "--no-progress"]
     r = rstar(*common, "--out", tmp_path / "a")
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "a" / "run.json").read_text())["config"]["concurrent_problems"] == 1
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["recipe"]["search"]["concurrent_problems"] == 1
     r = rstar(*common, "--out", tmp_path / "b", "--concurrent", "2")
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "b" / "run.json").read_text())["config"]["concurrent_problems"] == 2
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["recipe"]["search"]["concurrent_problems"] == 2
     assert len((tmp_path / "b" / "results.jsonl").read_text().splitlines()) == 2

@@ -80,7 +80,7 @@ def test_mcts_on_gsm8k_with_the_builtin_model(model_path, sandbox_pool, gsm8k_sm
 
 def test_run_killed_and_resumed_finishes_each_problem_once(model_path, gsm8k_small, tmp_path):
     out = tmp_path / "run"
-    args = ["run", gsm8k_small, "--out", out, "--model", model_path, "--method", "greedy",
+    args = ["run", gsm8k_small, "--out", out, "--model", model_path, "--algo", "greedy",
             "--max-tokens", "160", "--max-depth", "8", "--concurrent", "1", "--no-progress"]
     proc = subprocess.Popen(rstar_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     results = out / "results.jsonl"
@@ -116,10 +116,11 @@ def test_run_killed_and_resumed_finishes_each_problem_once(model_path, gsm8k_sma
 def test_solve_prints_a_solution(model_path):
     q = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
          "How many clips did Natalia sell altogether in April and May?")
-    r = subprocess.run(rstar_cmd("solve", q, "--model", model_path, "--rollouts", "2", "--children", "2"),
+    r = subprocess.run(rstar_cmd("solve", q, "--model", model_path, "--rollouts", "3", "--children", "2"),
                        capture_output=True, text=True, timeout=900)
-    assert "Question:" in r.stdout and "Search:" in r.stdout, r.stderr
-    if r.returncode == 0:
-        assert "--- step 1" in r.stdout and "Answer:" in r.stdout
-    else:
-        assert "No verified solution" in r.stdout
+    assert r.returncode == 0, (r.stdout, r.stderr)  # this easy question is solved; nothing found is a failure
+    assert "Question:" in r.stdout and "--- step 1" in r.stdout and "[output]" in r.stdout
+    answer = [ln for ln in r.stdout.splitlines() if ln.startswith("Answer:")][0]
+    # without --answer there is no value signal: the answer is a vote, and the line says so
+    assert "finished solution" in answer and "majority vote" in answer, answer
+    assert "scorer none" in r.stdout

@@ -12,6 +12,7 @@ import pytest
 
 from rstar.policy.scripted import ScriptedPolicy
 from rstar.results import Problem
+from rstar.scorers import load_scorer
 from rstar.search import MCTS, SearchConfig
 from rstar.templates import get_template
 
@@ -45,9 +46,9 @@ GOOD = {
 }
 
 
-def run(sandbox_pool, script, problems, **cfg):
+def run(sandbox_pool, script, problems, scorer="gold", **cfg):
     config = SearchConfig(**{"rollouts": 2, "children": 2, "max_depth": 6, "temperature": 0.7, **cfg})
-    search = MCTS(ScriptedPolicy(script), T, sandbox_pool, config)
+    search = MCTS(ScriptedPolicy(script), T, sandbox_pool, config, scorer=load_scorer(scorer))
     results = list(search.search(problems))
     return search, results
 
@@ -120,10 +121,23 @@ def test_wrong_answers_get_minus_one_and_vote_picks_the_majority(sandbox_pool):
 
 def test_without_gold_the_answer_is_a_vote_and_rewards_are_zero(sandbox_pool):
     table = {1: [" 1: a\nprint(3)\n```", " 1: b\nprint(3)\n```", " 1: c\nprint(4)\n```", " 1: d\nprint(3)\n```"]}
-    search, [r] = run(sandbox_pool, by_step(table), [Problem("p", "q", None)], children=4, rollouts=4,
-                      answer_selection="vote")
+    search, [r] = run(sandbox_pool, by_step(table), [Problem("p", "q", None)], scorer="none", children=4,
+                      rollouts=4)
     assert r["answer"] == "3" and r["correct"] is None and r["gold_rewards"] is False
+    assert r["selection"]["method"] == "vote" and r["selection"]["agree"] == 3 and r["selection"]["finished"] == 4
     assert all(n["q"] == 0.0 for n in nodes(r) if n["kind"] == "final")
+
+
+def test_regression_no_gold_never_returns_the_first_answer_found(sandbox_pool):
+    """Without a value signal every terminal Q is 0; the old default (highest Q, ties to the lowest
+    node id) returned the first answer found. The answer must be the majority's."""
+    table = {1: [" 1: a\nprint(5)\n```", " 1: b\nprint(9)\n```", " 1: c\nprint(9)\n```", " 1: d\nprint(9)\n```"]}
+    _, [r] = run(sandbox_pool, by_step(table), [Problem("p", "q", "5")], scorer="none", children=4, rollouts=4)
+    first = min((n for n in nodes(r) if n["kind"] == "final"), key=lambda n: n["id"])
+    assert first["answer"] == "5"                 # the first answer found...
+    assert r["answer"] == "9" and r["correct"] is False  # ...is not the one chosen: 3 of 4 say 9
+    assert r["selection"] == {"method": "vote", "votes": 3.0, "finished": 4, "agree": 3, "value": None}
+    assert r["pass_at_k"] is True and r["num_correct_terminal"] == 1
 
 
 def test_depth_limit_ends_a_path_as_invalid(sandbox_pool):
@@ -169,7 +183,7 @@ def test_greedy_preset_is_one_path(sandbox_pool):
     from rstar.search import preset
 
     cfg = preset("greedy")
-    search = MCTS(ScriptedPolicy(by_step(GOOD)), T, sandbox_pool, cfg)
+    search = MCTS(ScriptedPolicy(by_step(GOOD)), T, sandbox_pool, cfg, scorer=load_scorer("gold"))
     r = search.solve(Problem("p", "q", "72"))
     assert r["nodes"] == 4 and r["rollouts"] == 1 and r["correct"]
 

@@ -34,7 +34,7 @@ from rstar import selection
 from rstar.results import Problem
 from rstar.scorers import NoScorer, ScoreItem, grade, stable_seed
 from rstar.search.config import SearchConfig
-from rstar.tree import EXPANDED, INVALID, TERMINAL, UCT, Forest
+from rstar.tree import INVALID, MCTSR, TERMINAL, UCT, Forest
 
 try:  # the core's EXHAUSTED flag (a subtree with nothing left), apart from TERMINAL (an answer)
     from rstar.tree import EXHAUSTED
@@ -526,12 +526,16 @@ class Search:
                 kind = "exhausted"
             elif flags & TERMINAL and not i.finished:
                 kind = "exhausted"  # a core without EXHAUSTED marks dead subtrees TERMINAL
+            q = (float(arrays["value_sum"][k]) / visits) if visits else None
+            if self.rule == MCTSR:  # MCTSr's Q is the backed-up quality (rewards in [-100, 100], shown / 100)
+                qb = float(arrays["q_backed"][k])
+                q = None if math.isnan(qb) else qb / 100.0
             row = {
                 "id": i.local,
                 "parent": local_of[ids[parent_k]] if parent_k >= 0 else -1,
                 "depth": int(arrays["depth"][k]),
                 "visits": visits,
-                "q": (float(arrays["value_sum"][k]) / visits) if visits else None,
+                "q": q,
                 "value": i.value,
                 "prior": float(arrays["prior"][k]),
                 "terminal": bool(flags & TERMINAL),
