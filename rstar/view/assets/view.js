@@ -69,7 +69,7 @@
     document.title = "rstar view: " + DATA.run;
     const cfg = s.config || {};
     const prov = [];
-    for (const k of ["model", "template", "method", "algo", "scorer", "reward", "data"]) if (cfg[k] !== undefined) prov.push(k + ": " + cfg[k]);
+    for (const k of ["algo", "method", "scorer", "reward", "model", "template", "data"]) if (typeof cfg[k] === "string" || typeof cfg[k] === "number") prov.push(k + ": " + cfg[k]);
     const t = s.time;
     const split = el("div", { cls: "split", title: "model / sandbox / scorer / other" });
     const parts = [["model_s", "#3b7dd8", "model"], ["sandbox_s", "#1f9d55", "sandbox"], ["scorer_s", "#8a63c7", "scorer"], ["other_s", "#9aa3ad", "other"]];
@@ -93,6 +93,7 @@
     cards.id = "summary";
     const kids = [el("h1", { text: "Run " + DATA.run }), prov.length ? el("div", { cls: "muted", text: prov.join(" · ") }) : null];
     if (s.gold_rewards) kids.push(el("div", { cls: "warn", text: "The search was rewarded by the gold answers (data generation): the selected answers are oracle-guided, so accuracy is not a blind figure." }));
+    if (Object.keys(cfg).length) kids.push(el("details", { id: "recipe" }, el("summary", { text: "the run's recipe (run.json)" }), el("pre", { text: JSON.stringify(cfg, null, 2) })));
     kids.push(cards, el("h2", { text: "Charts" }), charts(s), el("h2", { text: "Problems" }), problemsTable());
     app.replaceChildren(...kids.filter((k) => k));
   }
