@@ -108,6 +108,9 @@ EQUAL = [
     ("[(1 - sqrt(5))/2, (1 + sqrt(5))/2]", r"\frac{1 \pm \sqrt{5}}{2}"),
     ("{x: 3}", "3"),
     ("3 -1", "3, -1"),
+    ("[np.float64(2.0), np.float64(-3.0)]", "2, -3"),
+    ("[ 2. -3.]", "-3, 2"),
+    ("Fraction(3, 4)", r"\frac34"),
     # matrices and vectors
     ("Matrix([[1], [2], [-3]])", r"\begin{pmatrix} 1 \\ 2 \\ -3 \end{pmatrix}"),
     ("[1, 2, -3]", r"\begin{pmatrix} 1 \\ 2 \\ -3 \end{pmatrix}"),

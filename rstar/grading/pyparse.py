@@ -84,6 +84,11 @@ _ATTRS = {
     ("np", "e"): sp.E,
     ("np", "inf"): sp.oo,
 }
+# numpy 2 prints scalars in lists as np.float64(2.0): the value is the argument
+for _mod in ("np", "numpy"):
+    for _t in ("float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint64", "uint32",
+               "complex128", "complex64", "bool_"):
+        _ATTRS[(_mod, _t)] = lambda v: v
 
 
 def _matrix(*args):
@@ -164,6 +169,7 @@ _FUNCS = {
     "Max": sp.Max,
     "Min": sp.Min,
     "Rational": _rational,
+    "Fraction": _rational,  # fractions.Fraction(3, 4)
     "Integer": sp.Integer,
     "Float": sp.Float,
     "Symbol": _symbol,
@@ -357,7 +363,7 @@ def parse_printed(text: str):
         raise Unparsable("not program syntax")
     if _SPACED_NUMBERS_RE.match(s):  # print(a, b) -> "3 -1": two numbers, not 3 - 1
         return Seq(tuple(_num(float(t)) if "." in t else sp.Integer(t) for t in s.split()), False)
-    if s.startswith("[") and re.search(r"\d\s+-?\d", s) and "," not in s:
+    if s.startswith("[") and re.search(r"[\d.]\s+-?[\d.]", s) and "," not in s:
         s = _NUMPY_ROW_RE.sub(", ", s)  # numpy prints arrays as [ 1  2 -3]
         s = re.sub(r"\]\s*\[", "], [", s)
         s = re.sub(r"\[\s+", "[", s)
