@@ -400,3 +400,16 @@ def test_vote_groups():
     assert grade("[2, 1]", "[1, 2]") is False
     with pytest.raises(ValueError):
         vote_groups(["1"], weights=[])
+
+
+def test_forked_child_grades_with_its_own_workers():
+    import os
+
+    assert grade("3*pi/2", r"\frac{3\pi}{2}", timeout=T) is True  # the parent holds a worker
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = grade("sqrt(8)", r"2\sqrt{2}", timeout=T) is True and grade("sqrt(8)", "3", timeout=T) is False
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert grade("pi", r"\pi + 1", timeout=T) is False  # the parent's workers still answer

@@ -130,8 +130,18 @@ class WorkerPool:
         self._count = 0
         self._cond = threading.Condition()
         self.asks = 0  # comparisons sent to a worker (benchmarks read it)
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """A forked child must not share its parent's workers (their pipes are the parent's)."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._idle = []
+            self._count = 0
+            self._cond = threading.Condition()
 
     def _acquire(self) -> _Worker:
+        self._after_fork()
         with self._cond:
             while True:
                 while self._idle:
@@ -172,6 +182,8 @@ class WorkerPool:
             self._release(w)
 
     def shutdown(self) -> None:
+        if self._pid != os.getpid():
+            return  # the parent's workers are the parent's to stop
         with self._cond:
             idle, self._idle = self._idle, []
             self._count -= len(idle)
@@ -206,10 +218,13 @@ def main() -> None:  # pragma: no cover - runs in the child process
         raise _Deadline()
 
     signal.signal(signal.SIGALRM, on_alarm)
+    # the protocol owns the real stdout; anything a library prints goes to stderr (DEVNULL)
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     from rstar.grading import compare
 
     compare.read_latex("1")  # import math-verify and its parser before saying ready
-    out = sys.stdout
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
     for line in sys.stdin:
