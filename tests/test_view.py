@@ -447,6 +447,17 @@ def test_a_tree_of_thousands_of_nodes_is_drawn_whole(browser, tmp_path):
     assert "NameError: name '…' is not defined" in reasons  # names folded: one group, not hundreds
 
 
+def test_a_one_problem_file_opens_on_its_tree(browser, tmp_path):
+    run = write_run(tmp_path / "run", [simple_record("a"), simple_record("b", 1)])
+    html = view(run, "--problem", "b", "--out", tmp_path / "b.html")
+    load(browser, html)
+    assert browser.find_element("css selector", ".tree-head b").text == "b"
+    assert len(circles(browser)) == 2
+    browser.find_element("css selector", '.tree-head a[href="#/"]').click()
+    assert [r.get_attribute("data-id") for r in browser.find_elements("css selector", "#problems tbody tr")] == ["b"]
+    assert console_errors(browser) == []
+
+
 # ---------------------------------------------------------------------- the command line (no browser)
 def assert_one_line_error(r, *needles):
     assert r.returncode == 2, (r.stdout, r.stderr)
