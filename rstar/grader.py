@@ -48,7 +48,7 @@ from rstar.grading.normalize import (
     normalize,
     numbers_equal,
 )
-from rstar.grading.worker import WorkerPool
+from rstar.grading.worker import MAX_WORKERS, WorkerPool
 
 __all__ = [
     "extract_answer",
@@ -161,8 +161,10 @@ def grade(pred: str | None, gold: str | None, timeout: float = 2.0) -> bool | No
     None comes from a comparison that ran out of ``timeout`` seconds, a worker
     that failed, an answer that cannot be read as mathematics, or a gold answer
     that is missing.  A missing or empty ``pred`` is False (no answer is a
-    wrong answer).  Never raises; returns within about ``timeout`` + 0.5 s
-    (plus a one-time worker start of a few seconds).
+    wrong answer).  Never raises; a comparison that reaches a worker returns
+    within about ``timeout`` + 0.5 s of getting one (a one-time worker start
+    takes a few seconds; when more than ``MAX_WORKERS`` threads grade at once,
+    the others wait for a free worker first).
 
     ``gold`` is read as a dataset answer: LaTeX first, so ``[1, 2]`` there is
     a closed interval, while a ``pred`` without backslashes is read as program

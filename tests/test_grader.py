@@ -314,9 +314,9 @@ def test_works_off_main_thread():
 
     def work(i):
         results[i] = (
-            grade("(3, pi/2)", r"\left( 3, \frac{\pi}{2} \right)"),
-            grade("(1, 2)", "[1,2]"),
-            grade("1,000", "1000"),
+            grade("(3, pi/2)", r"\left( 3, \frac{\pi}{2} \right)", timeout=T),
+            grade("(1, 2)", "[1,2]", timeout=T),
+            grade("1,000", "1000", timeout=T),
         )
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]

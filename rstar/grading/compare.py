@@ -384,9 +384,18 @@ def _subs(e, point):
     return {s: point[s.name] for s in e.free_symbols if isinstance(s, sp.Symbol) and s.name in point}
 
 
+def _undef_as_symbols(e):
+    """``f(x)`` of an unknown ``f`` -> a symbol named ``f(x)``: both sides agree on names."""
+    from sympy.core.function import AppliedUndef
+
+    apps = e.atoms(AppliedUndef)
+    return e.xreplace({f: sp.Symbol(str(f)) for f in apps}) if apps else e
+
+
 def _eq_expr(a, b) -> bool | None:
     if a == b:
         return True
+    a, b = _undef_as_symbols(a), _undef_as_symbols(b)
     bad = (sp.nan, sp.zoo)
     if any(x.has(*bad) for x in (a, b)):
         return False
