@@ -199,6 +199,21 @@ def test_lost_worker_restarts_on_a_node_that_joins(cluster, local_reference):
     assert restarted and restarted[0]["node_id"] == events["new"]
 
 
+def test_workers_that_cannot_start_end_the_run_with_their_reason(cluster):
+    """A node without the sandbox image (here: an image no node has) fails every worker's
+    start; the run ends in one line naming the cause instead of waiting forever."""
+    from rstar.distributed import RayUnavailable, run_on_ray
+
+    rec = recipe()
+    rec.sandbox = {"size": 1, "image": "rstar-no-such-image:latest"}
+    written: list[dict] = []
+    with pytest.raises(RayUnavailable) as err:
+        run_on_ray(problems(4), rec, cluster.address, written.append)
+    msg = str(err.value)
+    assert "every Ray worker failed to start" in msg and "rstar-no-such-image" in msg and "\n" not in msg
+    assert written == []
+
+
 def rstar_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "rstar.cli", *map(str, args)]
 
