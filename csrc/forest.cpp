@@ -639,6 +639,15 @@ void Forest::release(const std::vector<int64_t>& roots) {
     }
     rules_.erase(static_cast<int32_t>(r));
   }
+  // Blocks allocated by one call lie side by side: merge touching ranges first (fewer, longer
+  // fills and free-range updates).
+  std::sort(ranges.begin(), ranges.end());
+  size_t m = 0;
+  for (size_t i = 1; i < ranges.size(); ++i) {
+    if (ranges[m].first + ranges[m].second == ranges[i].first) ranges[m].second += ranges[i].second;
+    else ranges[++m] = ranges[i];
+  }
+  if (!ranges.empty()) ranges.resize(m + 1);
   for (const auto& rg : ranges) {
     const size_t lo = static_cast<size_t>(rg.first), n = static_cast<size_t>(rg.second);
     fill_fresh(lo, n);
