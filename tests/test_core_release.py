@@ -252,3 +252,37 @@ def test_release_matches_the_reference_in_a_long_run():
 def test_dead_constant_covers_every_dead_state():
     assert DEAD == TERMINAL | EXHAUSTED | 4
     assert not DEAD & EXPANDED
+
+
+def test_threads_create_search_and_release_concurrently():
+    import threading
+
+    f = Forest()
+    errors = []
+
+    def work(i):
+        try:
+            rng = np.random.default_rng(i)
+            for _ in range(300):
+                roots = f.create_roots(3)
+                for _ in range(4):
+                    leaves, _ = f.select(roots, 2)
+                    grow = leaves[f.view("num_children")[leaves] == 0]
+                    f.add_children(grow, rng.integers(1, 4, len(grow)))
+                    f.backprop(leaves, np.full(len(leaves), 0.5))
+                for r in roots.tolist():  # no slot of a live tree was handed to another
+                    ids = f.export_tree(r)["node_ids"]
+                    assert f.root_of(ids).tolist() == [r] * len(ids)
+                f.release(roots)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert f.num_live == 0
+    assert (f.view("flags") & RELEASED).all()  # every slot went back
+    assert f.num_nodes < 360  # 6 trees of at most 25 nodes alive at a time; 600 trees without reuse
