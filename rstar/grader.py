@@ -59,6 +59,7 @@ __all__ = [
     "majority_vote",
     "shutdown",
     "MAX_CHARS",
+    "MAX_WORKERS",
     "REL_TOL",
     "ABS_TOL",
 ]

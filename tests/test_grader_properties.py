@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from rstar.grader import grade
 
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -38,7 +38,6 @@ from rstar.grading.pyparse import Seq, Unparsable, parse_printed
 
 __all__ = ["judge", "equal", "read_answer", "read_latex"]
 
-_I_SYMBOLS = (sp.Symbol("i"),)
 _POINTS = 6  # random points tried for expressions with symbols
 _MIN_AGREE = 3
 _EXACT_TOL = 1e-20
