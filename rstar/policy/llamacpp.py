@@ -108,6 +108,12 @@ class LlamaCppPolicy(Policy):
         except Exception as exc:  # llama.cpp raises ValueError/RuntimeError on a bad file
             what = f"{path} with the LoRA adapter {lora}" if lora else str(path)
             raise ModelUnavailable(f"llama.cpp could not load {what}: {exc}") from exc
+        if lora is not None and not getattr(self.llm, "_lora_adapter", None):
+            # llama-cpp-python checks the adapter pointer against None, so a NULL from a bad
+            # file slips through: check it here
+            self.llm.close()
+            raise ModelUnavailable(f"llama.cpp could not load the LoRA adapter {lora} for {path.name} "
+                                   "(not a GGUF LoRA adapter of this model)")
         self.name = path.name + (f"+{lora.name}" if lora else "")
         self.model_path = path  # the GGUF file (the base model when a LoRA adapter is applied)
         self.lora_path = lora

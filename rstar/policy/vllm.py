@@ -32,6 +32,7 @@ Mapping (``vllm.outputs.CompletionOutput`` -> :class:`Completion`):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 from rstar.errors import ModelUnavailable
@@ -160,7 +161,8 @@ class VLLMPolicy(Policy):
             return [[] for _ in prompts]
         if self.llm is None:
             raise ModelUnavailable(f"{self.name}: the engine was closed")
-        params = [self.sampling_params(n, stops, max_tokens, temperature,
+        greedy = temperature <= 0  # vLLM refuses n > 1 at temperature 0: one sample, copied
+        params = [self.sampling_params(1 if greedy else n, stops, max_tokens, temperature,
                                        None if seed is None else sample_seed(seed, i, 0))
                   for i in range(len(prompts))]
         outs = self.llm.generate(list(prompts), params, use_tqdm=False)
@@ -168,7 +170,10 @@ class VLLMPolicy(Policy):
             self.stats["prompt_tokens"] += len(ro.prompt_token_ids or ())
             self.stats["prompt_tokens_cached"] += int(getattr(ro, "num_cached_tokens", 0) or 0)
             self.stats["generated_tokens"] += sum(len(o.token_ids or ()) for o in ro.outputs)
-        return [[completion_from_vllm(o, stops) for o in ro.outputs] for ro in outs]
+        rows = [[completion_from_vllm(o, stops) for o in ro.outputs] for ro in outs]
+        if greedy:
+            rows = [[dataclasses.replace(row[0]) for _ in range(n)] for row in rows]
+        return rows
 
     def close(self) -> None:
         """Stop the engine's processes (engine core, workers) and free the model. Idempotent."""
