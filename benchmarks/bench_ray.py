@@ -11,7 +11,9 @@ every step run in the real Docker sandbox, gold-rewarded MCTS), in one process:
    with one container and ``--concurrent`` problems in flight.
    ``ray_overhead = ray_wall / local_wall - 1`` (cluster start-up excluded:
    it is paid once per cluster, not per run; worker start-up included, as
-   the local run's pool start-up is).
+   the local run's pool start-up is). ``--repeat N`` alternates N local and
+   N Ray runs, the cluster up (idle) during the local ones too, and compares
+   the medians.
 3. **fault**: a cluster of ``--nodes + 1`` nodes; when half of the problems
    are done, a worker node holding problems is removed. ``lost`` (problems
    never written), ``duplicated`` (written twice), ``recovery_s`` (from the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -93,6 +96,7 @@ def main() -> None:
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--children", type=int, default=4)
     ap.add_argument("--model", default="scripted:rstar.demo_scripts:gsm8k_arithmetic")
+    ap.add_argument("--repeat", type=int, default=1, help="local/ray pairs, alternating; medians compared")
     ap.add_argument("--no-fault", action="store_true", help="skip the run with a node removed")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
@@ -107,31 +111,34 @@ def main() -> None:
                  "cpus": os.cpu_count(), "load_before": os.getloadavg()}
     say = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
 
-    # 1. local, same total resources
+    # 1 + 2: local and through Ray, alternating, with the cluster up for both (same background)
     local_recipe = make_recipe(args, args.concurrent * args.nodes)
     local_recipe.sandbox = {"size": args.sandbox * args.nodes}
-    t0 = time.perf_counter()
-    run_dataset(data, tmp / "local", local_recipe, progress=False)
-    local_wall = time.perf_counter() - t0
-    local = {r["id"]: r for r in read(tmp / "local")}
-    say(f"local: {args.problems} problems in {local_wall:.2f}s "
-        f"({args.sandbox * args.nodes} containers, {args.concurrent * args.nodes} in flight)")
-
-    # 2. through Ray, no fault
     cluster, start_s = start_cluster(args.nodes)
+    local_walls, ray_walls, same = [], [], True
     try:
-        t0 = time.perf_counter()
-        run_dataset(data, tmp / "ray", make_recipe(args, args.concurrent), progress=False, ray=cluster.address)
-        ray_wall = time.perf_counter() - t0
+        for k in range(args.repeat):
+            t0 = time.perf_counter()
+            run_dataset(data, tmp / f"local{k}", local_recipe, progress=False)
+            local_walls.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            run_dataset(data, tmp / f"ray{k}", make_recipe(args, args.concurrent), progress=False,
+                        ray=cluster.address)
+            ray_walls.append(time.perf_counter() - t0)
+            same = same and (sorted(map(signature, read(tmp / f"ray{k}")))
+                             == sorted(map(signature, read(tmp / f"local{k}"))))
+            say(f"run {k + 1}: local {local_walls[-1]:.2f}s ({args.sandbox * args.nodes} containers, "
+                f"{args.concurrent * args.nodes} in flight), ray {ray_walls[-1]:.2f}s ({args.nodes} nodes x 1 CPU, "
+                f"{args.sandbox} container and {args.concurrent} in flight each)")
     finally:
         stop_cluster(cluster)
-    got = read(tmp / "ray")
-    same = sorted(map(signature, got)) == sorted(map(signature, local.values()))
+    local_wall, ray_wall = statistics.median(local_walls), statistics.median(ray_walls)
     out.update(local_wall_s=round(local_wall, 3), ray_wall_s=round(ray_wall, 3),
+               local_walls_s=[round(x, 3) for x in local_walls], ray_walls_s=[round(x, 3) for x in ray_walls],
                ray_overhead=round(ray_wall / local_wall - 1, 4), cluster_start_s=round(start_s, 2),
                same_results=same)
-    say(f"ray:   {len(got)} problems in {ray_wall:.2f}s on {args.nodes} nodes x 1 CPU "
-        f"(cluster start-up {start_s:.1f}s, not counted): overhead {100 * out['ray_overhead']:+.1f}%; "
+    say(f"median of {args.repeat}: local {local_wall:.2f}s, ray {ray_wall:.2f}s: overhead "
+        f"{100 * out['ray_overhead']:+.1f}% (cluster start-up {start_s:.1f}s, not counted); "
         f"results {'identical' if same else 'DIFFER'}")
 
     # 3. one node removed halfway
