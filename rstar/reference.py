@@ -127,7 +127,7 @@ class Forest:
         if not math.isfinite(virtual_loss) or virtual_loss < 0:
             raise ValueError("virtual_loss must be a finite number >= 0")
         self.virtual_loss = float(virtual_loss)
-        self.nodes: list[Node] = []  # every slot of the arena
+        self.nodes: list[Node] = []  # every slot of the arena (a Node in every state)
         self.rules: dict[int, tuple] = {}
         self.free: list[list[int]] = []  # released slots: [start, length] runs, sorted, coalesced
         self.num_live = 0
@@ -155,8 +155,8 @@ class Forest:
         return start
 
     def _extend(self, top: int) -> None:
-        while len(self.nodes) < top:
-            self.nodes.append(Node(len(self.nodes), None, 0, 0.0, RELEASED))  # overwritten next
+        """New slots up to `top`, to be filled by the caller (every one is)."""
+        self.nodes.extend([None] * (top - len(self.nodes)))
 
     def _free(self, lo: int, n: int) -> None:
         i = bisect.bisect_left(self.free, [lo, 0])
@@ -390,7 +390,7 @@ class Forest:
         nodes = self.nodes
         top = [len(nodes)]
         blocks = [
-            self._take(res, top) if nodes[nid].first_slot < 0 and res > 0 else -1
+            self._take(res, top) if res > 0 and nodes[nid].first_slot < 0 else -1
             for nid, res in zip(ids, reserve)
         ]
         self._extend(top[0])
@@ -398,22 +398,30 @@ class Forest:
         j = 0
         for nid, cnt, res, lo in zip(ids, counts, reserve, blocks):
             parent = nodes[nid]
-            if lo >= 0:
+            kids = parent.children
+            uniform = f32(1.0 / cnt) if cnt else 0.0
+            if lo >= 0:  # a new block: born children, then unborn slots
                 parent.first_slot, parent.n_slots = lo, res
                 dep = parent.depth + 1
-                for s in range(lo, lo + res):
+                for s in range(lo, lo + cnt):
+                    child = Node(s, parent, dep, f32(priors[j]) if priors is not None else uniform)
+                    nodes[s] = child
+                    kids.append(child)
+                    out.append(s)
+                    j += 1
+                for s in range(lo + cnt, lo + res):
                     nodes[s] = Node(s, parent, dep, 0.0, UNBORN)
+            elif cnt:  # the next unborn slots of the node's block
+                start = parent.first_slot + len(kids)
+                for s in range(start, start + cnt):
+                    child = nodes[s]
+                    child.flags = 0
+                    child.prior = f32(priors[j]) if priors is not None else uniform
+                    kids.append(child)
+                    out.append(s)
+                    j += 1
             if cnt == 0:
                 continue
-            start = parent.first_slot + len(parent.children)
-            uniform = f32(1.0 / cnt)
-            for s in range(start, start + cnt):
-                child = nodes[s]
-                child.flags = 0
-                child.prior = f32(priors[j]) if priors is not None else uniform
-                parent.children.append(child)
-                out.append(s)
-                j += 1
             parent.flags |= EXPANDED
             n = parent
             while n is not None and n.flags & EXHAUSTED:
