@@ -161,7 +161,7 @@ class Limits:
         self.contained = bool(args.contained)
         self.incremental = bool(getattr(args, "incremental", False))
         self.max_states = int(getattr(args, "max_states", 64))
-        self.state_memory = int(getattr(args, "state_memory_mb", 256)) * 1024 * 1024
+        self.state_memory = int(getattr(args, "state_memory_mb", 128)) * 1024 * 1024
 
 
 def _vm_size() -> int:
@@ -486,14 +486,33 @@ def _bpf_program(own: int, hi: int, parent: int) -> list[tuple[int, int, int, in
     return out
 
 
+_OWN, _HI, _PARENT = 0x7FFFFFF1, 0x7FFFFFF2, 0x7FFFFFF3  # placeholders in the prebuilt filter
+
+
+def _bpf_template() -> tuple[int, bytes, list[tuple[int, int]]] | None:
+    """The filter, built once (every child only patches three numbers into a copy)."""
+    if not SECCOMP_SUPPORTED:
+        return None
+    insns = _bpf_program(_OWN, _HI, _PARENT)
+    slots = [(8 * i + 4, ins[3]) for i, ins in enumerate(insns) if ins[3] in (_OWN, _HI, _PARENT)]
+    return len(insns), b"".join(struct.pack("HBBI", *ins) for ins in insns), slots
+
+
+_BPF = _bpf_template()
+
+
 def _confine(protected: list[int], parent: int) -> None:
     """Install the seccomp filter described above (stacked on any inherited one)."""
     own = os.getpid()
     hi = min((p for p in protected if p > own), default=PID_MAX + 1)
-    insns = _bpf_program(own, hi, parent)
-    buf = b"".join(struct.pack("HBBI", *ins) for ins in insns)
-    filt = ctypes.create_string_buffer(buf, len(buf))
-    prog = struct.pack("HxxxxxxP", len(insns), ctypes.addressof(filt))
+    if _BPF is None:
+        raise OSError("no seccomp filter for this CPU architecture")
+    n, template, slots = _BPF
+    filt = ctypes.create_string_buffer(template, len(template))
+    values = {_OWN: own, _HI: hi, _PARENT: parent & 0xFFFFFFFF}
+    for offset, placeholder in slots:
+        struct.pack_into("I", filt, offset, values[placeholder])
+    prog = struct.pack("HxxxxxxP", n, ctypes.addressof(filt))
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
     if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.c_char_p(prog), 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "seccomp filter refused")
@@ -1479,7 +1498,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--incremental", action="store_true",
                     help="node states: a search-tree step forks its parent step's live interpreter")
     ap.add_argument("--max-states", type=int, default=64, help="node states kept at most (LRU)")
-    ap.add_argument("--state-memory-mb", type=int, default=256,
+    ap.add_argument("--state-memory-mb", type=int, default=128,
                     help="memory the container may use beyond its start for node states (LRU); 0: no bound")
     ap.add_argument("--zygote", action="store_true", help=argparse.SUPPRESS)  # internal: the slim tier
     ap.add_argument("--as-limit", type=int, default=0, help=argparse.SUPPRESS)

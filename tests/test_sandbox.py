@@ -689,5 +689,9 @@ def test_cli_run_and_check(tmp_path, capsys):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "sandbox ready" in out and "smoke program" in out
+    assert "mode: incremental" in out
+    args = parser.parse_args(["sandbox", "check", "--image", IMAGE, "--no-incremental"])
+    assert args.func(args) == 0
+    assert "mode: re-execution" in capsys.readouterr().out
     args = parser.parse_args(["sandbox", "build", "--image", IMAGE])
     assert callable(args.func)

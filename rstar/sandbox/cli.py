@@ -30,6 +30,9 @@ def register(sub) -> None:
     b.add_argument("--dockerfile", action="store_true", help="build from the Dockerfile (pulls python:3.11-slim)")
     b.add_argument("--force", action="store_true", help="rebuild even if the image is up to date")
     b.add_argument("--mirror", default="http://deb.debian.org/debian", help="Debian mirror for debootstrap")
+    b.add_argument("--suite", default="bookworm", choices=("bookworm", "trixie"),
+                   help="Debian release of the offline build: bookworm (Python 3.11, default) or trixie "
+                        "(Python 3.13)")
     b.set_defaults(func=cmd_build)
 
     c = ssub.add_parser("check", help="check the engine, the image, and that a smoke program runs",
@@ -52,7 +55,8 @@ def register(sub) -> None:
 def cmd_build(args: argparse.Namespace) -> int:
     from rstar.sandbox import image
 
-    image.build(args.image, dockerfile=args.dockerfile, force=args.force, mirror=args.mirror)
+    image.build(args.image, dockerfile=args.dockerfile, force=args.force, mirror=args.mirror,
+                suite=getattr(args, "suite", "bookworm"))
     return 0
 
 

@@ -28,7 +28,8 @@ from rstar.sandbox import engine
 
 DEFAULT_IMAGE = "rstar-sandbox:latest"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-SUITE = "bookworm"
+SUITE = "bookworm"               # Debian 12, Python 3.11 (the default: measured faster here, see README)
+SUITES = ("bookworm", "trixie")  # trixie: Debian 13, Python 3.13
 PACKAGES = ("python3-minimal", "python3-sympy", "python3-numpy")
 RECIPE_VERSION = "1"
 WORKER_IN_IMAGE = "/opt/rstar/worker.py"
@@ -47,11 +48,13 @@ def cache_dir() -> Path:
     return Path(base) / "rstar"
 
 
-def recipe_hash(files: Path | None = None) -> str:
+def recipe_hash(files: Path | None = None, suite: str = SUITE) -> str:
     files = files or engine.sandbox_files_dir()
     h = hashlib.sha256()
     h.update(RECIPE_VERSION.encode())
     h.update((files / "worker.py").read_bytes())
+    if suite != SUITE:
+        h.update(suite.encode())
     return h.hexdigest()[:16]
 
 
@@ -69,11 +72,14 @@ def image_status(client, image: str, want: str) -> str:
 
 def build(image: str = DEFAULT_IMAGE, dockerfile: bool = False, force: bool = False,
           mirror: str = DEFAULT_MIRROR, rootfs: Path | None = None,
-          progress: Progress = _default_progress) -> str:
-    """Build the image if it is missing or out of date; returns what was done."""
+          progress: Progress = _default_progress, suite: str = SUITE) -> str:
+    """Build the image if it is missing or out of date; returns what was done. ``suite``:
+    the Debian release of the offline build (bookworm: Python 3.11; trixie: 3.13)."""
+    if suite not in SUITES:
+        raise SandboxUnavailable(f"unknown Debian suite {suite!r}; one of: {', '.join(SUITES)}")
     files = engine.sandbox_files_dir()
     client = engine.connect()
-    want = recipe_hash(files)
+    want = recipe_hash(files, suite)
     state = image_status(client, image, want)
     if state == "current" and not force:
         progress(f"image {image} is up to date (worker {want}); nothing to do (--force rebuilds)")
@@ -81,7 +87,8 @@ def build(image: str = DEFAULT_IMAGE, dockerfile: bool = False, force: bool = Fa
     if dockerfile:
         _build_dockerfile(client, image, files, want, progress)
     else:
-        _build_offline(image, files, want, mirror, rootfs or cache_dir() / "sandbox-rootfs", force, progress)
+        default_rootfs = cache_dir() / ("sandbox-rootfs" if suite == SUITE else f"sandbox-rootfs-{suite}")
+        _build_offline(image, files, want, mirror, rootfs or default_rootfs, force, progress, suite)
     if image_status(client, image, want) != "current":
         raise SandboxUnavailable(f"building {image} finished but the image is not there; run with --force")
     progress(f"built {image} (worker {want}); check it with: rstar sandbox check")
@@ -136,7 +143,7 @@ def _run(cmd: list[str], progress: Progress, what: str) -> None:
 
 
 def _build_offline(image: str, files: Path, want: str, mirror: str, rootfs: Path, force: bool,
-                   progress: Progress) -> None:
+                   progress: Progress, suite: str = SUITE) -> None:
     marker = rootfs / ".rstar-rootfs-complete"
     if force and rootfs.exists():
         progress(f"removing cached root filesystem {rootfs}")
@@ -156,9 +163,9 @@ def _build_offline(image: str, files: Path, want: str, mirror: str, rootfs: Path
         if partial.exists():
             shutil.rmtree(partial)
         partial.parent.mkdir(parents=True, exist_ok=True)
-        progress(f"step 1/3: debootstrap {SUITE} with {', '.join(PACKAGES)} from {mirror} "
+        progress(f"step 1/3: debootstrap {suite} with {', '.join(PACKAGES)} from {mirror} "
                  f"into {rootfs} (a few minutes)")
-        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial), mirror],
+        _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", suite, str(partial), mirror],
              progress, "debootstrap")
         for rel in TRIM:
             p = partial / rel
@@ -168,7 +175,7 @@ def _build_offline(image: str, files: Path, want: str, mirror: str, rootfs: Path
         if rootfs.exists():
             shutil.rmtree(rootfs)
         partial.rename(rootfs)
-        marker.write_text(f"{SUITE} {','.join(PACKAGES)}\n")
+        marker.write_text(f"{suite} {','.join(PACKAGES)}\n")
     else:
         progress(f"step 1/3: using the cached root filesystem {rootfs} (--force rebuilds it)")
 

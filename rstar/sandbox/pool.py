@@ -64,7 +64,8 @@ class SandboxConfig:
     user: str = "65534:65534"        # nobody:nogroup
     incremental: bool = True         # run_steps with nodes: a step forks its parent step's live state
     max_states: int = 64             # node states kept per container (LRU); adds to the pids limit
-    state_memory_mb: int = 192       # memory per container the states may take beyond the idle worker (LRU)
+    state_memory_mb: int = 128       # memory the states may take beyond the idle worker (LRU): with the
+                                     # worker (~80 MB) and one program (program_memory_mb) within memory_mb
     pipeline_depth: int = 4          # requests in flight per container
     grace_s: float = 5.0             # extra wait beyond the timeout before a container counts as stuck
     start_timeout_s: float = 60.0    # a container must answer its first ping within this
@@ -688,8 +689,10 @@ class SandboxPool:
                 self._tree_slot[tree] = idx
             return idx
 
-    def close(self) -> None:
-        """Stop every container of this pool; safe to call more than once."""
+    def close(self, wait_s: float = 15.0) -> None:
+        """Stop every container of this pool; safe to call more than once. Waits at most
+        ``wait_s`` for the engine to remove them (a container left behind exits anyway once
+        this process is gone: its worker reads end-of-input, and it is auto-removed)."""
         with self._lock:
             if self._closed:
                 return
@@ -701,16 +704,17 @@ class SandboxPool:
         for slot in getattr(self, "slots", []):
             for job in list(slot.inflight):
                 job.finish(_sandbox_error("the sandbox pool was closed"))
+        deadline = time.monotonic() + max(wait_s, 0.5)
         for slot in getattr(self, "slots", []):
             if slot.is_alive():
-                slot.join(timeout=2.0)
+                slot.join(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
         # whatever is still tracked (thread stuck, never started): remove directly
         with self._lock:
             left = list(self._containers)
         for cid in left:
             self._remove_async(cid, self.client.api)
         for t in list(self._removers):
-            t.join(timeout=15.0)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         _live_pools.discard(self)
 
     def __enter__(self) -> "SandboxPool":
@@ -762,10 +766,10 @@ class SandboxPool:
             self.queue.put_many(unique.values())
             for job in unique.values():
                 job.wait()
-        except BaseException:  # Ctrl-C while waiting: leave nothing behind
+        except BaseException:  # Ctrl-C while waiting: leave nothing behind, and be quick about it
             for job in unique.values():
                 job.finish(_sandbox_error("interrupted"))
-            self.close()
+            self.close(wait_s=2.0)
             raise
         return [job.result for job in order]
 
