@@ -514,9 +514,9 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
     const int64_t id = nodes[i];
     check_id(id, what);
     const int64_t cnt = counts[i];
-    const std::string at = "[" + std::to_string(i) + "]";
-    if (cnt < 0) fail(w + ": counts" + at + " is negative (" + id_str(cnt) + ")");
-    if (cnt > MAX_CHILDREN) fail(w + ": counts" + at + " = " + id_str(cnt) + " exceeds " + id_str(MAX_CHILDREN));
+    const auto at = [i] { return "[" + std::to_string(i) + "]"; };  // built only for a message
+    if (cnt < 0) fail(w + ": counts" + at() + " is negative (" + id_str(cnt) + ")");
+    if (cnt > MAX_CHILDREN) fail(w + ": counts" + at() + " = " + id_str(cnt) + " exceeds " + id_str(MAX_CHILDREN));
     int64_t res = reserve ? (*reserve)[i] : cnt;
     if (!reserve && append && cnt > 0 && first_child[id] == NO_PARENT) {
       // add_children's default: room for the tree's max_children (the stop rule's limit)
@@ -525,8 +525,8 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
       res = std::max<int64_t>(cnt, params_of_root(root).max_children);
     }
     res_of[i] = res;
-    if (res < cnt) fail(w + ": reserve" + at + " = " + id_str(res) + " is less than counts" + at + " = " + id_str(cnt));
-    if (res > MAX_CHILDREN) fail(w + ": reserve" + at + " = " + id_str(res) + " exceeds " + id_str(MAX_CHILDREN));
+    if (res < cnt) fail(w + ": reserve" + at() + " = " + id_str(res) + " is less than counts" + at() + " = " + id_str(cnt));
+    if (res > MAX_CHILDREN) fail(w + ": reserve" + at() + " = " + id_str(res) + " exceeds " + id_str(MAX_CHILDREN));
     const uint8_t fl = flags[id];
     if (fl & TERMINAL) fail(w + ": node " + id_str(id) + " is terminal");
     if (fl & INVALID) fail(w + ": node " + id_str(id) + " is invalid");
@@ -537,7 +537,7 @@ std::vector<int64_t> Forest::make_children(const std::vector<int64_t>& nodes, co
     } else if (has_block) {
       const int32_t left = unborn_after(static_cast<int32_t>(id));
       if (cnt > left)
-        fail(w + ": node " + id_str(id) + " has " + std::to_string(left) + " unborn child slot(s) left, counts" + at +
+        fail(w + ": node " + id_str(id) + " has " + std::to_string(left) + " unborn child slot(s) left, counts" + at() +
              " = " + id_str(cnt) + " (expand it with a larger reserve= to keep room for later children)");
       continue;
     }
@@ -909,23 +909,23 @@ int64_t Forest::import_tree(const TreeArrays& a) {
       fail("import_tree: depth[" + id_str(i) + "] must be depth[parent] + 1");
   }
   for (int64_t i = 0; i < n; ++i) {
-    const std::string at = "[" + id_str(i) + "]";
+    const auto at = [i] { return "[" + id_str(i) + "]"; };  // built only for a message
     if (a.num_children[i] != count[i])
-      fail("import_tree: num_children" + at + " = " + id_str(a.num_children[i]) + " but the parent column gives " +
+      fail("import_tree: num_children" + at() + " = " + id_str(a.num_children[i]) + " but the parent column gives " +
            id_str(count[i]));
     if (a.first_child[i] != (count[i] ? first[i] : -1))
-      fail("import_tree: first_child" + at + " = " + id_str(a.first_child[i]) + " disagrees with the parent column");
-    if (a.flags[i] & ~EXPORTED_FLAGS) fail("import_tree: flags" + at + " has unknown bits");
+      fail("import_tree: first_child" + at() + " = " + id_str(a.first_child[i]) + " disagrees with the parent column");
+    if (a.flags[i] & ~EXPORTED_FLAGS) fail("import_tree: flags" + at() + " has unknown bits");
     if (((a.flags[i] & EXPANDED) != 0) != (count[i] > 0))
-      fail("import_tree: flags" + at + ": EXPANDED must be set exactly when the node has children");
+      fail("import_tree: flags" + at() + ": EXPANDED must be set exactly when the node has children");
     if ((a.flags[i] & EXHAUSTED) && count[i] == 0)
-      fail("import_tree: flags" + at + ": EXHAUSTED needs children (it means every child is dead)");
-    if (a.visits[i] < 0) fail("import_tree: visits" + at + " is negative");
-    if (!std::isfinite(a.value_sum[i])) fail("import_tree: value_sum" + at + " is not finite");
-    if (!std::isfinite(a.prior[i]) || a.prior[i] < 0) fail("import_tree: prior" + at + " is not finite and >= 0");
+      fail("import_tree: flags" + at() + ": EXHAUSTED needs children (it means every child is dead)");
+    if (a.visits[i] < 0) fail("import_tree: visits" + at() + " is negative");
+    if (!std::isfinite(a.value_sum[i])) fail("import_tree: value_sum" + at() + " is not finite");
+    if (!std::isfinite(a.prior[i]) || a.prior[i] < 0) fail("import_tree: prior" + at() + " is not finite and >= 0");
     if (a.reward_count[i] > 0 && (!std::isfinite(a.reward_min[i]) || !std::isfinite(a.reward_sum[i])))
-      fail("import_tree: reward_min/reward_sum" + at + " are not finite");
-    if (std::isinf(a.q_backed[i])) fail("import_tree: q_backed" + at + " is infinite");
+      fail("import_tree: reward_min/reward_sum" + at() + " are not finite");
+    if (std::isinf(a.q_backed[i])) fail("import_tree: q_backed" + at() + " is infinite");
   }
   int64_t top = size_;
   std::vector<std::pair<int64_t, int64_t>> taken;
