@@ -6,6 +6,7 @@ Public API::
     normalize_gold(dataset_answer) -> str     # GSM8K "... #### 1,234" -> "1234"
     grade(pred, gold, timeout=2.0) -> bool | None    # True equal, False not, None cannot decide
     answers_equal(pred, gold, timeout=2.0) -> bool   # grade(...) is True
+    agree(a, b, timeout=2.0) -> bool | None          # two predictions, both read as program output
     vote_groups(answers, weights=None, timeout=2.0) -> [(representative, weight, [indices])]
     majority_vote(answers, weights=None, timeout=2.0) -> str | None
 
@@ -55,6 +56,7 @@ __all__ = [
     "normalize_gold",
     "grade",
     "answers_equal",
+    "agree",
     "vote_groups",
     "majority_vote",
     "shutdown",
@@ -204,6 +206,18 @@ def _grade(pred, gold, timeout: float, reference: bool) -> bool | None:
         return None
 
 
+def agree(a: str | None, b: str | None, timeout: float = 2.0) -> bool | None:
+    """Whether two *predictions* are the same answer (three-valued, like ``grade``).
+
+    Unlike ``grade``, neither side is a dataset answer: both are read as
+    program output first, so ``[1, 2]`` and ``[2, 1]`` (two lists of roots)
+    agree.  ``vote_groups`` compares this way.
+    """
+    if a is None or b is None or not str(a).strip() or not str(b).strip():
+        return None
+    return _grade(a, b, timeout, False)
+
+
 def answers_equal(pred: str | None, gold: str | None, timeout: float = 2.0) -> bool:
     """``grade(pred, gold, timeout) is True``: unknown counts as not equal."""
     return grade(pred, gold, timeout) is True
@@ -235,7 +249,7 @@ def vote_groups(
             continue
         a = str(a)
         for grp in groups:
-            if grp[0] == a or _grade(a, grp[0], timeout, False) is True:
+            if grp[0] == a or agree(a, grp[0], timeout) is True:
                 grp[1] += w
                 grp[2].append(i)
                 break

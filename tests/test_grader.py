@@ -398,6 +398,10 @@ def test_vote_groups():
     # answer, [1, 2] is the closed interval and [2, 1] does not match it
     assert vote_groups(["[1, 2]", "[2, 1]", "{2, 1}"]) == [("[1, 2]", 3.0, [0, 1, 2])]
     assert grade("[2, 1]", "[1, 2]") is False
+    assert grader.agree("[2, 1]", "[1, 2]") is True
+    assert grader.agree("3*pi/2", "4.71238898038469") is True
+    assert grader.agree("3*pi/2", "3*pi") is False
+    assert grader.agree(None, "1") is None
     with pytest.raises(ValueError):
         vote_groups(["1"], weights=[])
 
