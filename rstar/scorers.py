@@ -64,10 +64,7 @@ def grade(pred, gold, timeout: float = 2.0) -> bool | None:
     """Three-valued grade (rstar.grader.grade): True, False, or None when undecidable."""
     from rstar import grader
 
-    g = getattr(grader, "grade", None)
-    if g is not None:
-        return g(pred, gold, timeout=timeout)
-    return grader.answers_equal(pred, gold, timeout=timeout)
+    return grader.grade(pred, gold, timeout=timeout)
 
 
 class NoScorer:

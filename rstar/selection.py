@@ -63,9 +63,10 @@ Equal = Callable[[str, str], bool]
 
 
 def _default_equal(a: str, b: str) -> bool:
-    from rstar.grader import answers_equal
+    """Two finished solutions' answers agree (both read as program output, not one as gold)."""
+    from rstar.grader import agree
 
-    return answers_equal(a, b)
+    return agree(a, b) is True
 
 
 def _groups(cands: Sequence[Candidate], idx: Sequence[int], equal: Equal) -> list[list[int]]:

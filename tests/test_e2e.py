@@ -72,7 +72,8 @@ def test_mcts_on_gsm8k_with_the_builtin_model(model_path, sandbox_pool, gsm8k_sm
                 assert n["reason"], f"invalid node without a reason: {n}"
             else:
                 assert n["status"] == "ok" or n["kind"] == "code"
-            executed += n["status"] not in ("parse_error",)
+            # executed: the step's code ran in the sandbox (it succeeded, or it failed with an error line)
+            executed += bool(n["code"] and n["status"] == "ok") or n["status"] in ("error", "timeout", "memory")
         assert r["tokens"] > 0 and r["time"]["model_s"] > 0
         assert r["correct"] in (True, False)
     assert executed > 0, "no program was executed"

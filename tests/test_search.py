@@ -107,7 +107,7 @@ def test_hostile_step_cannot_hurt_the_search(sandbox_pool):
     assert r["answer"] == "6" and r["correct"]
 
 
-def test_wrong_answers_get_minus_one_and_vote_picks_the_majority(sandbox_pool):
+def test_wrong_answers_get_minus_one_and_the_value_weighted_vote_follows_the_reward(sandbox_pool):
     table = {
         1: [" 1: a\nprint(10)\n```", " 1: b\nprint(10)\n```", " 1: c\nprint(11)\n```"],
     }
@@ -117,6 +117,9 @@ def test_wrong_answers_get_minus_one_and_vote_picks_the_majority(sandbox_pool):
     q = {n["answer"]: n["q"] for n in finals}
     assert q["10"] == -1.0 and q["11"] == 1.0
     assert r["pass_at_k"] is True
+    # gold values are +1/-1: the value-weighted vote gives "10" weight 0 and "11" weight 1
+    assert r["answer"] == "11" and r["selection"]["method"] == "weighted_vote"
+    assert r["selection"]["votes"] == 1.0 and r["gold_rewards"] is True
 
 
 def test_without_gold_the_answer_is_a_vote_and_rewards_are_zero(sandbox_pool):
