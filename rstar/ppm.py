@@ -366,7 +366,7 @@ def fit_pair_head(xc: np.ndarray, xr: np.ndarray, weight: np.ndarray | None = No
         if epoch % eval_every == 0 or epoch == epochs:
             with torch.no_grad():
                 acc = float(((zc - zr) @ w > 0).float().mean())
-            row = {"epoch": epoch, "loss": float(loss), "train_accuracy": acc}
+            row = {"epoch": epoch, "loss": float(loss.detach()), "train_accuracy": acc}
             head = LinearHead(w.detach().numpy(), 0.0, mean, std)
             if eval_fn is not None:
                 row.update(eval_fn(head))
@@ -403,7 +403,7 @@ def fit_value_head(x: np.ndarray, q: np.ndarray, *, epochs: int = 300, lr: float
         loss.backward()
         opt.step()
         if epoch % eval_every == 0 or epoch == epochs:
-            row = {"epoch": epoch, "loss": float(loss)}
+            row = {"epoch": epoch, "loss": float(loss.detach())}
             head = LinearHead(w.detach().numpy(), float(b), mean, std)
             if eval_fn is not None:
                 row.update(eval_fn(head))

@@ -7,8 +7,10 @@
 * a local HF model directory (including one written by ``rstar train`` with a merged model);
 * an HF hub id (only where a hub can be reached).
 
-GGUF loading needs the ``gguf`` package; transformers dequantizes the weights to
-float32, so the model is trainable. Trainers must set CPU-safe defaults themselves
+GGUF loading needs the ``gguf`` package; transformers dequantizes the weights, so the
+model is trainable. The dequantized model is cached once as an ordinary model directory
+(``rstar.models.ensure_converted``: float32 for files under 512 MB, else bfloat16; loaded
+as float32) so later loads skip the slow GGUF parsing and tokenizer conversion. Trainers must set CPU-safe defaults themselves
 (no bf16 on CPU, no gradient checkpointing unless asked): see ``cpu_training_args``.
 """
 
@@ -42,6 +44,24 @@ def resolve_base(spec: str) -> tuple[str, str | None]:
     return s, None
 
 
+def _loadable(spec: str) -> tuple[str, str | None]:
+    """Like ``resolve_base``, with a GGUF replaced by its cached converted directory."""
+    where, gguf = resolve_base(spec)
+    if not gguf:
+        return where, None
+    from rstar.models import ensure_converted
+
+    path = Path(where) / gguf
+    dtype = "float32" if path.stat().st_size < 512 * 2**20 else "bfloat16"
+    try:
+        out, _ = ensure_converted(path, dtype=dtype, progress=True)
+    except ModelUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one clear line for any conversion failure
+        raise ModelUnavailable(f"cannot load {path} with transformers: {type(exc).__name__}: {exc}") from None
+    return str(out), None
+
+
 def device() -> str:
     import torch
 
@@ -51,7 +71,7 @@ def device() -> str:
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 
-    where, gguf = resolve_base(spec)
+    where, gguf = _loadable(spec)
     kw = {"gguf_file": gguf} if gguf else {}
     try:
         tok = AutoTokenizer.from_pretrained(where, **kw)
@@ -68,9 +88,9 @@ def load_base(spec: str, kind: str = "causal", dtype: Any = None, **kw):
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    where, gguf = resolve_base(spec)
+    where, gguf = _loadable(spec)
     tok = load_tokenizer(spec)
-    args: dict[str, Any] = {"torch_dtype": dtype or torch.float32}
+    args: dict[str, Any] = {"dtype": dtype or torch.float32}
     if gguf:
         args["gguf_file"] = gguf
     args.update(kw)

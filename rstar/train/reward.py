@@ -359,7 +359,7 @@ def _training_args(cls, out: Path, *, epochs, lr, batch_size, grad_accum, max_st
         output_dir=str(out / "checkpoints"), num_train_epochs=float(epochs or 2), learning_rate=lr or 1e-4,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
         gradient_accumulation_steps=grad_accum, max_steps=max_steps, weight_decay=weight_decay or 0.0,
-        lr_scheduler_type="cosine", warmup_ratio=0.03, logging_steps=1, save_strategy="epoch", save_total_limit=2,
+        lr_scheduler_type="cosine", logging_steps=1, save_strategy="epoch", save_total_limit=2,
         eval_strategy="epoch" if has_eval else "no", seed=seed, disable_tqdm=not progress,
         remove_unused_columns=False, **cpu_training_args(), **extra)
 
