@@ -13,7 +13,8 @@ every step run in the real Docker sandbox, gold-rewarded MCTS), in one process:
    it is paid once per cluster, not per run; worker start-up included, as
    the local run's pool start-up is). ``--repeat N`` alternates N local and
    N Ray runs, the cluster up (idle) during the local ones too, and compares
-   the medians.
+   the medians. ``worker_start_s``: from the start of a Ray run until its last
+   worker (a fresh process: imports, its sandbox pool, the policy) answered.
 3. **fault**: a cluster of ``--nodes + 1`` nodes; when half of the problems
    are done, a worker node holding problems is removed. ``lost`` (problems
    never written), ``duplicated`` (written twice), ``recovery_s`` (from the
@@ -115,7 +116,7 @@ def main() -> None:
     local_recipe = make_recipe(args, args.concurrent * args.nodes)
     local_recipe.sandbox = {"size": args.sandbox * args.nodes}
     cluster, start_s = start_cluster(args.nodes)
-    local_walls, ray_walls, same = [], [], True
+    local_walls, ray_walls, starts, same = [], [], [], True
     try:
         for k in range(args.repeat):
             t0 = time.perf_counter()
@@ -125,17 +126,21 @@ def main() -> None:
             run_dataset(data, tmp / f"ray{k}", make_recipe(args, args.concurrent), progress=False,
                         ray=cluster.address)
             ray_walls.append(time.perf_counter() - t0)
+            actors = json.loads((tmp / f"ray{k}" / "run.json").read_text())["cluster"]["actors"]
+            starts.append(max(a["ready_s"] or 0.0 for a in actors))
             same = same and (sorted(map(signature, read(tmp / f"ray{k}")))
                              == sorted(map(signature, read(tmp / f"local{k}"))))
             say(f"run {k + 1}: local {local_walls[-1]:.2f}s ({args.sandbox * args.nodes} containers, "
                 f"{args.concurrent * args.nodes} in flight), ray {ray_walls[-1]:.2f}s ({args.nodes} nodes x 1 CPU, "
-                f"{args.sandbox} container and {args.concurrent} in flight each)")
+                f"{args.sandbox} container and {args.concurrent} in flight each; the last worker ready after "
+                f"{starts[-1]:.1f}s)")
     finally:
         stop_cluster(cluster)
     local_wall, ray_wall = statistics.median(local_walls), statistics.median(ray_walls)
     out.update(local_wall_s=round(local_wall, 3), ray_wall_s=round(ray_wall, 3),
                local_walls_s=[round(x, 3) for x in local_walls], ray_walls_s=[round(x, 3) for x in ray_walls],
                ray_overhead=round(ray_wall / local_wall - 1, 4), cluster_start_s=round(start_s, 2),
+               worker_start_s=round(statistics.median(starts), 3),
                same_results=same)
     say(f"median of {args.repeat}: local {local_wall:.2f}s, ray {ray_wall:.2f}s: overhead "
         f"{100 * out['ray_overhead']:+.1f}% (cluster start-up {start_s:.1f}s, not counted); "

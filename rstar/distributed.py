@@ -259,6 +259,7 @@ class _Actor:
     failures: int = 0
     dead_error: str | None = None       # permanently dead (its constructor failed)
     incarnations: int = 0
+    ready_s: float | None = None        # from the start of the run to its first answer
 
 
 def _one_line(exc: BaseException) -> str:
@@ -354,6 +355,7 @@ def run_on_ray(problems: list, recipe: Any, address: str | None,
             progress({"event": event, **data})
 
     started_ray = _connect(ray, address)
+    t_start = time.monotonic()
     actors: list[_Actor] = []
     try:
         cluster = _cluster(ray)
@@ -479,6 +481,8 @@ def run_on_ray(problems: list, recipe: Any, address: str | None,
                         give_back(a, "the worker was restarted")
                     a.incarnation = reply["incarnation"]
                     a.incarnations += 1
+                    if a.ready_s is None:
+                        a.ready_s = round(time.monotonic() - t_start, 3)
                     a.info = dict(reply.get("info") or {})
                 for result in reply["results"]:
                     pid = result.get("id")
@@ -513,7 +517,7 @@ def run_on_ray(problems: list, recipe: Any, address: str | None,
             "address": address if address not in (None, "") else "local",
             "worker_resources": res,
             "in_flight_per_worker": max([capacity(a) for a in actors if a.info] or [default_capacity]),
-            "actors": [{"worker": a.index, "incarnations": a.incarnations,
+            "actors": [{"worker": a.index, "incarnations": a.incarnations, "ready_s": a.ready_s,
                         **{k: a.info.get(k) for k in ("node_id", "host", "pid")},
                         **({"failed": a.dead_error} if a.dead_error else {})} for a in actors],
             **stats,
