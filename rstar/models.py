@@ -18,6 +18,12 @@ an error and the bad file is removed. The sha256 is computed once and recorded i
 a ``<file>.verified`` marker, so later calls only stat the file.
 
 Cache directory: ``$RSTAR_CACHE`` or ``~/.cache/rstar/models``.
+
+Conversion (``rstar model convert GGUF [--out DIR]``, :func:`convert_gguf`,
+:func:`ensure_converted`): vLLM's CPU build does not read GGUF files, so a GGUF is
+de-quantized by transformers and saved as an ordinary model directory (bfloat16
+safetensors, config, tokenizer with the GGUF's chat template). ``vllm:FILE.gguf``,
+``vllm:default`` and ``hf:default`` convert once into ``<cache>/converted/`` and say so.
 """
 
 from __future__ import annotations
