@@ -6,7 +6,10 @@ sandbox, score, back up) with an instant scripted policy that replays canned
 steps, so what is measured is everything except the model. The steps differ
 per problem and per candidate (different numbers, one candidate in eight
 fails), so the sandbox really runs each program. The time split says where the
-loop's time goes.
+loop's time goes. Two step families (plain arithmetic; sympy: symbols, solve,
+simplify, Rational on earlier steps' variables), each in both sandbox modes in
+the same run: re-execution (every step re-runs its path) and incremental (a
+step forks its parent step's live interpreter).
 
 Part 2 (--model): the built-in model on the first N GSM8K training problems:
 greedy chain of thought vs MCTS at a stated budget, with accuracy measured
@@ -29,7 +32,7 @@ from pathlib import Path
 
 from rstar.policy.scripted import ScriptedPolicy
 from rstar.results import Problem, read_problems, summarize
-from rstar.sandbox import SandboxPool
+from rstar.sandbox import SandboxConfig, SandboxPool
 from rstar.search import MCTS, SearchConfig, preset
 from rstar.templates import get_template
 
@@ -45,8 +48,10 @@ def scripted_problems(n: int) -> list[Problem]:
     return out
 
 
-def make_script(template):
-    """Canned steps for 'BENCH a b c' problems: 4 steps, `n` distinct candidates per step."""
+def make_script(template, kind: str = "plain"):
+    """Canned steps for 'BENCH a b c' problems: 4 steps, `n` distinct candidates per step.
+    ``kind`` "sympy": the same arithmetic through sympy (a quadratic with roots a and b,
+    solved, summed with simplify and Rational), each step using earlier steps' variables."""
     prefix = template.assistant_prefix
 
     def script(prompt: str, n: int) -> list[str]:
@@ -56,6 +61,14 @@ def make_script(template):
         for j in range(n):
             if j % 8 == 7:  # one candidate in eight fails when run
                 outs.append(f" {k}: a mistake\nv{k} = undefined_{j} + 1\n# Step")
+            elif kind == "sympy" and k == 1:
+                outs.append(f" 1: the quadratic with roots a and b\nfrom sympy import symbols, expand, solve, "
+                            f"simplify, Rational\nx = symbols('x')\ne = expand((x - {a}) * (x - {b}) + {j} * 0)\n# Step")
+            elif kind == "sympy" and k == 2:
+                outs.append(f" 2: its roots\nroots = solve(e, x)\nassert len(roots) in (1, 2)  # {j}\n# Step")
+            elif kind == "sympy" and k == 3:
+                outs.append(f" 3: the sum\ns = simplify(sum(roots) * Rational({j + 1}, {j + 1}))"
+                            f"{' * 2' if a == b else ''}\n# Step")
             elif k == 1:
                 outs.append(f" 1: the first number\na = {a} + {j} - {j}\n# Step")
             elif k == 2:
@@ -69,20 +82,27 @@ def make_script(template):
     return script
 
 
-def bench_loop(args) -> dict:
+def bench_loop(args, kind: str = "plain", incremental: bool = True) -> dict:
     template = get_template("default")
-    problems = scripted_problems(args.scripted_problems)
+    problems = scripted_problems(args.scripted_problems if kind == "plain" else args.sympy_problems)
     cfg = SearchConfig(rollouts=args.rollouts, children=args.children, max_depth=8, temperature=0.7,
                        concurrent_problems=args.concurrent, leaves_per_tree=args.leaves)
-    with SandboxPool(size=args.sandbox_size) as pool:
+    with SandboxPool(size=args.sandbox_size, config=SandboxConfig(incremental=incremental)) as pool:
         pool.run_steps([["x = 1", "print(x)"]] * 4)  # warm the containers
-        search = MCTS(ScriptedPolicy(make_script(template)), template, pool, cfg)
+        if incremental and not pool.incremental:
+            raise SystemExit("incremental mode is not available on this machine")
+        search = MCTS(ScriptedPolicy(make_script(template, kind)), template, pool, cfg)
         start = time.perf_counter()
         results = list(search.search(problems))
         wall = time.perf_counter() - start
+        reused, replayed = pool.stats["state_reused"], pool.stats["state_replayed"]
     correct = sum(bool(r["correct"]) for r in results)
     t = search.time
     row = {
+        "kind": kind,
+        "mode": "incremental" if incremental else "reexec",
+        "steps_reused": reused,
+        "steps_replayed": replayed,
         "problems": len(results),
         "expansions": search.expansions,
         "wall_s": round(wall, 3),
@@ -92,8 +112,9 @@ def bench_loop(args) -> dict:
         "other_share": round(t.other_s / t.total_s, 4),
         "solved": correct,
     }
-    print(f"scripted policy, {len(results)} problems, rollouts {cfg.rollouts}, children {cfg.children}, "
-          f"{cfg.concurrent_problems} trees x {cfg.leaves_per_tree} leaves per model call")
+    print(f"{kind} steps, {row['mode']} sandbox: scripted policy, {len(results)} problems, rollouts "
+          f"{cfg.rollouts}, children {cfg.children}, {cfg.concurrent_problems} trees x {cfg.leaves_per_tree} "
+          f"leaves per model call; steps forked from a state {reused}, re-run whole {replayed}")
     print(f"  expansions: {search.expansions} in {wall:.2f}s = {row['expansions_per_s']:.0f}/s; solved {correct}")
     print(f"  time split: model {100 * row['model_share']:.1f}%  sandbox {100 * row['sandbox_share']:.1f}%  "
           f"rest of the loop {100 * row['other_share']:.1f}%")
@@ -141,6 +162,8 @@ def bench_model(args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scripted-problems", type=int, default=200)
+    ap.add_argument("--sympy-problems", type=int, default=64, help="problems for the sympy step family")
+    ap.add_argument("--modes", default="reexec,incremental", help="sandbox modes to compare (comma-separated)")
     ap.add_argument("--rollouts", type=int, default=4)
     ap.add_argument("--children", type=int, default=8)
     ap.add_argument("--concurrent", type=int, default=64)
@@ -154,7 +177,21 @@ def main() -> None:
     ap.add_argument("--model-children", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
-    result = bench_loop(args)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    rows = {(kind, mode): bench_loop(args, kind, mode == "incremental")
+            for kind in ("plain", "sympy") for mode in modes}
+    main_mode = "incremental" if "incremental" in modes else modes[0]
+    result = dict(rows[("plain", main_mode)])
+    result["expansions_per_s_sympy"] = rows[("sympy", main_mode)]["expansions_per_s"]
+    result["runs"] = [rows[k] for k in rows]
+    if len(modes) > 1:
+        for kind in ("plain", "sympy"):
+            r = rows[(kind, "incremental")]["expansions_per_s"] / rows[(kind, "reexec")]["expansions_per_s"]
+            result[f"incremental_speedup_{kind}"] = round(r, 2)
+            print(f"{kind}: incremental {rows[(kind, 'incremental')]['expansions_per_s']:.0f} vs re-execution "
+                  f"{rows[(kind, 'reexec')]['expansions_per_s']:.0f} expansions/s = {r:.2f}x")
+    import os
+    result["load_avg_1m"] = round(os.getloadavg()[0], 2)
     if args.model:
         result["model"] = bench_model(args)
     if args.json:
