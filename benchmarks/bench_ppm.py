@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,9 +45,16 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def rstar(*args: str) -> None:
-    cmd = [sys.executable, "-m", "rstar.cli", *args]
+    """`rstar ARGS` in this process, with llama.cpp's extra weight buffers off on an AMX CPU
+    (llama.cpp's AMX matmul crashes there: rstar.ppm.no_amx_buffers)."""
+    from rstar.cli import main as cli
+    from rstar.ppm import no_amx_buffers
+
     print("$ rstar " + " ".join(args), file=sys.stderr, flush=True)
-    subprocess.run(cmd, check=True)
+    with no_amx_buffers():
+        rc = cli(list(args))
+    if rc:
+        raise SystemExit(f"rstar {args[0]} failed ({rc})")
 
 
 def read_jsonl(p: Path) -> list[dict]:

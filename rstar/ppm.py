@@ -156,6 +156,14 @@ def cpu_has_amx() -> bool:
         return False
 
 
+def no_amx_buffers():
+    """``with no_amx_buffers(): Llama(...)``: any llama.cpp model loaded inside (a policy too)
+    is loaded without the extra weight buffers on a CPU with AMX (see ``_no_amx_buffers``)."""
+    import llama_cpp
+
+    return _no_amx_buffers(llama_cpp)
+
+
 @contextlib.contextmanager
 def _no_amx_buffers(llama_cpp):
     """Load with llama.cpp's extra weight buffers off on a CPU with AMX: there its AMX matmul
