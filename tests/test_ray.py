@@ -219,7 +219,7 @@ def rstar_cmd(*args) -> list[str]:
 
 
 def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
-    n = 40
+    n = 60
     data = write_data(tmp_path / "data.jsonl", n, seed=2)
     out = tmp_path / "run"
     args = ["run", data, "--out", out, "--model", PACED, "--ray", cluster.address, "--sandbox-size", "1",
