@@ -168,8 +168,11 @@ def lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str |
                 hf = key[: -len(part)]
                 break
         else:
-            raise AdapterError(f"{weights}: tensor {key!r} is not a LoRA A/B matrix (embedding adapters, "
-                               "DoRA and trained biases cannot be applied by llama.cpp)")
+            if any(bad in key for bad in ("embed", "lm_head")):
+                raise AdapterError(f"{weights}: {key} adapts the embeddings or the output head, which llama.cpp "
+                                   "cannot apply; train with rstar.adapters.lora_target_modules()")
+            raise AdapterError(f"{weights}: tensor {key!r} is not a LoRA A/B matrix (DoRA and trained biases "
+                               "cannot be applied by llama.cpp)")
         if hf.startswith("base_model.model."):
             hf = hf[len("base_model.model."):]
         pairs.setdefault(hf, {})[tag] = value

@@ -9,7 +9,9 @@ Input: ``sft.jsonl`` from ``rstar export``, one record a line::
 The completion holds the policy's own steps and, where the template shows execution
 output back to the model (the ``rstar`` template), the sandbox's output blocks. The
 loss is taken only on the model's own tokens: the prompt and every output block get
-label -100. Output blocks are the record's ``mask_spans`` when present, else every
+label -100. Output blocks are the record's ``mask_spans`` when present, else the
+output parts of its ``steps`` list (``rstar export`` writes each step's ``text``, what
+the model wrote, and ``shown``, that text plus what the search showed back), else every
 match of the template's ``output_block(...)`` in the completion.
 
 The text is tokenized as one string, prompt + completion (as the search's backends
