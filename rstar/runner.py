@@ -211,7 +211,11 @@ def run_dataset(data: str | Path | Iterable[Problem], out: str | Path, recipe: R
                 except ModuleNotFoundError as exc:
                     raise RstarError(f"--ray needs Ray: pip install \"rstar[ray]\" ({exc})") from None
                 recipe.save(out / CONFIG_FILE, meta)
-                cluster = run_on_ray(todo, recipe, ray or None, accept)
+                def ray_event(ev: dict) -> None:
+                    if ev.get("event") == "lost":
+                        bar.write(f"ray: lost worker {ev.get('worker')} ({ev.get('why')}); "
+                                  f"{ev.get('requeued')} problems re-queued")
+                cluster = run_on_ray(todo, recipe, ray or None, accept, progress=ray_event, run_id=run_id)
                 meta["cluster"] = cluster
                 recipe.save(out / CONFIG_FILE, meta)
             elif todo:

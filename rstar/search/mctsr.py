@@ -123,7 +123,15 @@ class MCTSr(Search):
         if len(leaves) == 0:
             return
         try:
-            chosen = [(trees[int(o)], int(n)) for n, o in zip(leaves, owner)]
+            chosen = []
+            for n, o in zip(leaves, owner):
+                t = trees[int(o)]
+                if int(n) == t.root:  # every answer graded -100: nothing is better than the placeholder
+                    t.done = True
+                else:
+                    chosen.append((t, int(n)))
+            if not chosen:
+                return
             crit_prompts = [self.policy.format_chat([{"role": "user", "content": CRITIQUE_PROMPT.format(
                 question=t.problem.question, solution=self._solution_text(n))}]) for t, n in chosen]
             seeds = [self.seed_for(t, n, "critique") for t, n in chosen]
