@@ -333,6 +333,9 @@ class Evolve:
             info["base"] = self._search(self.cfg.eval_data, self.rdir(0) / "eval-base", self.policy_of(0), "none",
                                         self.b.eval_preset, self.b.eval_problems)
         ppm = self.ppm_of(k + 1)
+        if k == 0 and ppm is None and self.policy_of(1) == self.policy_of(0):
+            info["new"] = dict(info["base"], same_as="base")  # nothing was trained: the same run
+            return info
         info["new"] = self._search(self.cfg.eval_data, self.rdir(k) / "eval", self.policy_of(k + 1),
                                    "none" if ppm is None else f"ppm:{ppm}", self.b.eval_preset, self.b.eval_problems)
         return info

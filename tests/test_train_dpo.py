@@ -61,7 +61,7 @@ def test_trainer_data_and_batches_have_no_eos_and_step_dpo_defaults(tmp_path, to
     s = DPOSettings(data="-", out=str(tmp_path / "o"), base=str(SMOL), no_progress=True)
     trainer = build_trainer(s, model, tok2, lora_config(model, r=4), pairs)
     assert trainer.args.beta == 0.4 and trainer.args.learning_rate == 5e-7
-    assert str(trainer.args.lr_scheduler_type).endswith("cosine") and trainer.args.warmup_steps == 0.1
+    assert getattr(trainer.args.lr_scheduler_type, "value", trainer.args.lr_scheduler_type) == "cosine" and trainer.args.warmup_steps == 0.1
     row = trainer.train_dataset[0]
     assert row["chosen_ids"] == pairs[0]["chosen_ids"] and row["chosen_ids"][-1] != tok.eos_token_id
     assert row["rejected_ids"][-1] != tok.eos_token_id
