@@ -778,7 +778,7 @@ class Worker:
             os.lseek(fd, 0, os.SEEK_SET)
         outcome = None
         if self.zygote is not None and not any(HEAVY_RE.search(c) for c in chunks):
-            if self.incremental:  # the slim child needs the pids to protect
+            if self.incremental and self.states:  # the slim child needs the pids to protect
                 body = json.dumps({"chunks": chunks, "protected": self._protected()}).encode()
             elif body is None or req.get("chunks") is None:
                 body = json.dumps({"chunks": chunks}).encode()
@@ -792,7 +792,8 @@ class Worker:
 
     def _run_heavy(self, chunks: list[str], timeout: float) -> tuple:
         out_fd, err_fd, rep_fd = self.mfds
-        guard = self._protected() if self.incremental else None
+        # confined only while there are node states to protect (else exactly as without them)
+        guard = self._protected() if self.incremental and self.states else None
         t0 = time.perf_counter()
         pid = os.fork()
         if pid == 0:
