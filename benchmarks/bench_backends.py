@@ -16,7 +16,8 @@ memory is that backend's alone: the parent samples the summed RSS of the child's
 2. search: MCTS (blind, ``--rollouts``, ``--children``) on the first ``--problems`` GSM8K
    training problems: rollouts / wall seconds.
 
-Speeds are also given as ratios to ``llamacpp`` measured in the same run (the baseline).
+Speeds are also given as ratios to the ``--baseline`` backend (default ``llamacpp``) measured
+in the same run.
 
     python benchmarks/bench_backends.py --json
     python benchmarks/bench_backends.py --backends llamacpp,vllm --model path/to/model.gguf
@@ -144,7 +145,7 @@ def worker(name: str, args) -> dict:
         if policy.preferred_concurrency:
             cfg = cfg.replace(concurrent_problems=policy.preferred_concurrency)
         with SandboxPool(size=args.sandbox_size) as pool:
-            search = MCTS(policy, template, pool, cfg, use_gold=False)
+            search = MCTS(policy, template, pool, cfg)  # no scorer: blind, gold answers only grade
             t0 = time.perf_counter()
             results = list(search.search(problems[: args.problems]))
             search_s = time.perf_counter() - t0
@@ -238,6 +239,7 @@ def main() -> None:
     ap.add_argument("--children", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads (llama.cpp, torch)")
     ap.add_argument("--sandbox-size", type=int, default=None)
+    ap.add_argument("--baseline", default="llamacpp", help="the backend the speed ratios are taken against")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--gguf", help=argparse.SUPPRESS)
@@ -258,19 +260,20 @@ def main() -> None:
         print(f"== {name}", file=sys.stderr)
         rows.append(run_child(name, args))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    base = next((r for r in rows if r["backend"] == "llamacpp" and "error" not in r), None)
-    print(f"{'backend':16} {'start s':>8} {'tok/s':>8} {'x llama':>8} {'rollouts/s':>11} {'x llama':>8} {'peak GiB':>9}")
+    base = next((r for r in rows if r["backend"] == args.baseline and "error" not in r), None)
+    print(f"{'backend':16} {'start s':>8} {'tok/s':>8} {'x base':>8} {'rollouts/s':>11} {'x base':>8} {'peak GiB':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['backend']:16} {r['error']}")
             continue
         if base:
-            r["tokens_per_s_vs_llamacpp"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
-            r["rollouts_per_s_vs_llamacpp"] = round(r["rollouts_per_s"] / base["rollouts_per_s"], 2) \
+            r["baseline"] = args.baseline
+            r["tokens_per_s_vs_baseline"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+            r["rollouts_per_s_vs_baseline"] = round(r["rollouts_per_s"] / base["rollouts_per_s"], 2) \
                 if base["rollouts_per_s"] else None
         print(f"{r['backend']:16} {r['startup_s']:8.1f} {r['tokens_per_s']:8.1f} "
-              f"{r.get('tokens_per_s_vs_llamacpp', float('nan')):8.2f} {r['rollouts_per_s']:11.3f} "
-              f"{r.get('rollouts_per_s_vs_llamacpp') or float('nan'):8.2f} {r['peak_rss_gib']:9.2f}")
+              f"{r.get('tokens_per_s_vs_baseline', float('nan')):8.2f} {r['rollouts_per_s']:11.3f} "
+              f"{r.get('rollouts_per_s_vs_baseline') or float('nan'):8.2f} {r['peak_rss_gib']:9.2f}")
     load = [round(x, 2) for x in os.getloadavg()]
     print(f"load average (1, 5, 15 min): {load}; model {Path(args.gguf).name}; workload: {args.prompts} prompts x "
           f"{args.n} x {args.max_tokens} tokens; MCTS {args.problems} problems, {args.rollouts} rollouts, "
