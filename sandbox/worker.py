@@ -320,11 +320,15 @@ def _become_state(namespace: dict) -> None:
             op = req.get("op")
             if op == "fork":
                 _sweep_children()
+                # os.fork() reseeds the random module in the child (an at-fork hook): the
+                # step must continue its path's generator, as it would in one process
+                rstate = random.getstate()
                 try:
                     pid = os.fork()
                 except OSError:
                     pid = -1
                 if pid == 0:
+                    random.setstate(rstate)
                     sock.detach()
                     if fds:
                         os.dup2(fds[0], STATE_FD)

@@ -156,6 +156,18 @@ def test_reuse_happens_and_matches(ipool):
     ipool.release(tree.key)
 
 
+def test_seeded_generators_continue_across_a_fork(ipool):
+    """os.fork() reseeds the random module in the child; a step forked from a state must
+    still continue its path's seeded generators (random and numpy)."""
+    tree = Tree(ipool)
+    tree.run([(0, None, "import random, numpy as np\nrandom.seed(1)\nnp.random.seed(3)\n"
+                        "print(random.random(), np.random.rand())")])
+    res = tree.run([(1, 0, "print(random.random(), np.random.rand())")])[0]
+    assert res.exec.reused_state
+    assert outcome(res) == outcome(tree.rerun([1])[0])
+    ipool.release(tree.key)
+
+
 def test_output_cap_counts_the_whole_path(ipool):
     tree = Tree(ipool)
     big = "print('x' * 30000)"
