@@ -483,6 +483,7 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
              label="search accuracy")
     ax2.plot(rk, [100 * (r["search_pass_at_k"] or 0) for r in rows if r.get("search_accuracy") is not None],
              "s--", label="pass@k")
+    ax2.set_xticks(rk)
     ax2.set_xlabel("round")
     ax2.set_ylabel("%")
     ax2.set_ylim(0, 100)

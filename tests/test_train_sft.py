@@ -176,16 +176,15 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert (out / "rstar_model.json").is_file()
 
 
-def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
+def test_divergence_stops_and_saves_nothing_after_it(tmp_path):
     data = write_data(tmp_path / "sft.jsonl")
     out = tmp_path / "out"
-    with pytest.raises(TrainingDiverged, match=r"diverged at step \d+ \((loss|grad_norm) = (nan|inf)") as info:
-        train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=8,
-                              batch_size=2, lr=1e12, save_steps=1, lora_r=4, no_progress=True))
-    step = int(str(info.value).split("step ")[1].split(" ")[0])
-    ckpts = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("checkpoint-*"))
-    assert ckpts and max(ckpts) == step - 1  # nothing saved from the diverged step on
-    assert f"checkpoint-{step - 1}" in str(info.value)
+    # an infinite learning rate poisons the weights at the first update
+    with pytest.raises(TrainingDiverged, match=r"diverged at step 1 \((loss|grad_norm|weights) = (nan|inf)") as info:
+        train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=4,
+                              batch_size=2, lr=float("inf"), save_steps=1, lora_r=4, no_progress=True))
+    assert "no checkpoint was written before it" in str(info.value) and "--lr" in str(info.value)
+    assert not list((out / "checkpoints").glob("checkpoint-*"))  # the poisoned step was not saved
     assert not (out / "rstar_model.json").exists()
 
 

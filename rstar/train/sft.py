@@ -198,7 +198,21 @@ class DivergenceGuard:
                 self.bad: tuple | None = None
                 self.losses: list[tuple[int, float]] = []
 
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                # after the optimizer step, before any checkpoint of it: poisoned weights are never saved
+                if model is not None and self.bad is None:
+                    for p in model.parameters():
+                        if p.requires_grad and not bool(p.detach().isfinite().all()):
+                            self.bad = (state.global_step, "weights", "nan")
+                            control.should_training_stop = True
+                            control.should_save = False
+                            break
+                return control
+
             def on_log(self, args, state, control, logs=None, **kwargs):
+                if self.bad is not None:
+                    control.should_save = False
+                    return control
                 logs = logs or {}
                 for key in ("loss", "grad_norm"):
                     v = logs.get(key)
