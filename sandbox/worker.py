@@ -243,6 +243,7 @@ def _execute(chunks: list[str], first: int, total: int, namespace: dict) -> int:
             report["step"] = i
             exec(compile(chunk, f"<step {i + 1}>" if total > 1 else "<program>", "exec"), namespace)
             sys.stdout.flush()
+            sys.stderr.flush()  # what a finished step wrote survives a later kill, in both modes
             offsets.append(os.lseek(1, 0, os.SEEK_CUR))
         report.pop("step", None)
     except SystemExit as exc:
