@@ -13,10 +13,11 @@ where the backend cannot give it: llama.cpp's server, which is read as a stream)
 seeds repeat.
 
 Greedy agreement with llama.cpp in process (the reference): the first generated token (the
-reference tokenizer's first token of each text) must agree on at least AGREE_FIRST of the
-prompts. Measured here: 100% for llama.cpp's server (same weights, same engine), 100% for
-transformers, vLLM and vLLM's server on these prompts (de-quantized Q4_1 in float32 / bfloat16).
-The bound leaves room for a near-tie flipping under other numerics.
+reference tokenizer's first token of each text) must agree on at least AGREE_FIRST (75%) of the
+prompts; each backend prints its measured first-token and first-4-token agreement (``-s``).
+Quantized (Q4_1, llama.cpp) and de-quantized (float32 transformers, bfloat16 vLLM) weights
+differ slightly, so a near-tie may flip; the bound leaves room for that. Spot checks agree:
+"The capital of France is" -> " Paris." greedily on llama.cpp, transformers and vLLM.
 """
 
 from __future__ import annotations
