@@ -41,12 +41,12 @@ def evolve_cmd(tmp: Path, out: Path) -> list[str]:
             "--rollouts", "8", "--children", "3", "--max-steps", "6", "--no-progress"]
 
 
-def run_until(cmd, condition, timeout=600) -> str:
+def run_until(cmd, condition, timeout=2400) -> str:
     """Start ``cmd``, SIGKILL it (its whole process group) once ``condition()`` holds."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, "RSTAR_THREADS": "2"})
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # a hang guard only (a loaded 2-core machine needs minutes)
         while not condition():
             if proc.poll() is not None:
                 return "exited: " + proc.stdout.read().decode()[-3000:]
