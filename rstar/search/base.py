@@ -386,6 +386,16 @@ class Search:
             self.forest.mark_terminal(np.array([x.node for x in terminal], dtype=np.int64))
             for x in terminal:
                 x.tree.terminals.append(x.node)
+        if self._incremental and finished:
+            # a finished or cut path is never continued: its interpreter state can go now
+            by_tree: dict[str, list[int]] = {}
+            for x in finished:
+                by_tree.setdefault(x.tree.key, []).append(x.info.local)
+            for key, locals_ in by_tree.items():
+                try:
+                    self.sandbox.release(key, locals_)
+                except Exception:  # a dead container has nothing left to release
+                    pass
         for x in terminal:
             if x.tree.problem.gold is not None:
                 x.info.correct = _grade(x.info.answer, x.tree.problem.gold)
