@@ -135,7 +135,7 @@ def bench_model(args) -> dict:
     }
     with SandboxPool(size=args.sandbox_size) as pool:
         for name, cfg in budgets.items():
-            search = MCTS(policy, template, pool, cfg, use_gold=False)  # blind: gold only grades
+            search = MCTS(policy, template, pool, cfg)  # no scorer: blind, gold only grades
             start = time.perf_counter()
             results = []
             for r in search.search(problems):
