@@ -147,6 +147,9 @@ def load_results(out_dir: str | Path, repair: bool = False) -> list[dict]:
                 break
             raise DataError(f"{path}: line {lineno} is not valid JSON; the file is damaged") from None
         if record is not None:
+            if not isinstance(record, dict) or "id" not in record:
+                raise DataError(f"{path}: line {lineno} is not a result record (a JSON object with an 'id'); "
+                                f"the file is damaged")
             by_id[record["id"]] = record
         good_end += len(raw)
     if repair:
