@@ -104,11 +104,12 @@ class EvolveConfig:
     seed: int = 0
     budget: Budget = dataclasses.field(default_factory=Budget)
     progress: bool = True
+    ray: str | None = None           # search stages on a Ray cluster (an address, "auto", "" for local)
 
     def key(self) -> dict:
         """The settings that change results (a resumed evolve must match them)."""
         d = asdict(self)
-        for k in ("out", "progress", "rounds"):
+        for k in ("out", "progress", "rounds", "ray"):
             d.pop(k)
         return d
 
@@ -242,7 +243,8 @@ class Evolve:
 
         recipe = self._recipe(model, scorer, preset)
         resume = (out / "results.jsonl").exists()
-        summary = run_dataset(data, out, recipe, resume=resume, limit=limit, progress=self.cfg.progress)
+        summary = run_dataset(data, out, recipe, resume=resume, limit=limit, progress=self.cfg.progress,
+                              ray=self.cfg.ray)
         return {"summary": summary, "model": model, "scorer": scorer}
 
     def _stage_search(self, k: int) -> dict:
@@ -550,6 +552,8 @@ def register(sub) -> None:
     g.add_argument("--no-dpo", dest="dpo", action="store_false", help="no Step-DPO")
     g.add_argument("--ppm-kind", choices=("head", "lm"), help="PPM architecture (head: llama.cpp features)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the search stages on a Ray cluster ('auto', an address, or no value for a local one)")
     p.set_defaults(func=cmd_evolve)
 
 
@@ -567,7 +571,8 @@ class _Bool:
 def config_from_args(args) -> EvolveConfig:
     return EvolveConfig(data=args.data, out=args.out, rounds=args.rounds, eval_data=args.eval_data,
                         preset=args.preset, model=args.model, template=args.template, seed=args.seed,
-                        budget=budget_from_args(args), progress=not args.no_progress)
+                        budget=budget_from_args(args), progress=not args.no_progress,
+                        ray=args.ray)
 
 
 def cmd_evolve(args) -> int:
