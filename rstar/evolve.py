@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -391,30 +390,16 @@ class Evolve:
 @contextlib.contextmanager
 def _llama_without_amx_buffers():
     """llama.cpp's AMX weight buffers crash (SIGSEGV) on multi-token batches of some quantizations
-    (rstar.ppm._no_amx_buffers, SmolLM2's Q4_1); every model an evolve loads gets them off on a
-    CPU with AMX. (To be dropped once LlamaCppPolicy does this itself.)"""
+    (SmolLM2's Q4_1); every model an evolve loads gets them off on a CPU with AMX, through the one
+    patch in rstar.ppm. (To be dropped once LlamaCppPolicy does this itself.)"""
     try:
-        from rstar.ppm import cpu_has_amx
-        import llama_cpp.llama as llama_mod
+        import llama_cpp  # noqa: F401
+        from rstar.ppm import no_amx_buffers
     except ImportError:
         yield
         return
-    if not cpu_has_amx() or os.environ.get("RSTAR_LLAMA_EXTRA_BUFFERS") == "1":
+    with no_amx_buffers():
         yield
-        return
-    orig = llama_mod.llama_cpp.llama_model_default_params
-
-    def params():
-        p = orig()
-        if hasattr(p, "use_extra_bufts"):
-            p.use_extra_bufts = False
-        return p
-
-    llama_mod.llama_cpp.llama_model_default_params = params
-    try:
-        yield
-    finally:
-        llama_mod.llama_cpp.llama_model_default_params = orig
 
 
 def _slim(log: dict) -> dict:
