@@ -338,16 +338,20 @@ class Search:
             return
         prefix = {p: self._code_path(p) for p in {x.parent for x in to_run}}
         paths = [prefix[x.parent] + [x.parsed.code] for x in to_run]
-        t0 = time.perf_counter()
+        keys = None
         if self._incremental:
             keys = [(x.tree.key, x.info.local, self._state_parent(x.parent)) for x in to_run]
-            results = self.sandbox.run_steps(paths, nodes=keys)
-        else:
-            results = self.sandbox.run_steps(paths)
-        if self._round_split is not None:
-            self._round_split.sandbox_s += time.perf_counter() - t0
+        results = self.run_steps(paths, keys)
         for x, res in zip(to_run, results):
             self._apply_execution(x, res)
+
+    def run_steps(self, paths: list[list[str]], keys: list[tuple] | None = None):
+        """One timed sandbox batch; ``keys`` (tree, node, parent) let the pool reuse node states."""
+        t0 = time.perf_counter()
+        results = self.sandbox.run_steps(paths, nodes=keys) if keys else self.sandbox.run_steps(paths)
+        if self._round_split is not None:
+            self._round_split.sandbox_s += time.perf_counter() - t0
+        return results
 
     def _apply_execution(self, x: NewNode, res) -> None:
         apply_execution(self.template, x.info, x.parsed, self.info[x.parent].errors, res,
@@ -453,18 +457,16 @@ class Search:
             release(np.array([tree.root], dtype=np.int64))
 
     # ------------------------------------------------------------------ results
-    def select_answer(self, tree: Tree) -> selection.Selection:
-        method = self.config.answer_selection
-        if method == "auto":
-            method = self.default_selection
-        return selection.select(self.candidates(tree), method, k=self.config.top_k_vote)
-
-    def result(self, tree: Tree) -> dict:
+    def select_answer(self, tree: Tree) -> tuple[list[selection.Candidate], selection.Selection]:
+        """The finished solutions and the selection among them (config, else the algorithm's default)."""
         cands = self.candidates(tree)
         method = self.config.answer_selection
         if method == "auto":
             method = self.default_selection
-        sel = selection.select(cands, method, k=self.config.top_k_vote)
+        return cands, selection.select(cands, method, k=self.config.top_k_vote)
+
+    def result(self, tree: Tree) -> dict:
+        cands, sel = self.select_answer(tree)
         chosen = cands[sel.index].node if sel.index is not None else None
         gold = tree.problem.gold
         correct = _grade(sel.answer, gold) if (gold is not None and sel.answer is not None) else None

@@ -23,6 +23,7 @@ reward of -100, so it is never itself chosen for expansion once its children are
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -197,12 +198,7 @@ class MCTSr(Search):
                 else:  # an answer step with no code
                     self._add_step(w, info, parsed)
             if runs:
-                import time as _time
-
-                t0 = _time.perf_counter()
-                results = self.sandbox.run_steps(runs)
-                if self._round_split is not None:
-                    self._round_split.sandbox_s += _time.perf_counter() - t0
+                results = self.run_steps(runs)
                 for (k, info, parsed), res in zip(run, results):
                     w = wholes[k]
                     apply_execution(t, info, parsed, w.errors, res, cfg.error_threshold)
@@ -260,9 +256,7 @@ class MCTSr(Search):
 
     def _rate(self, pairs: list[tuple[Tree, int]]) -> None:
         """Reward samples for each (tree, node), added to the core in one call."""
-        import time as _time
-
-        t0 = _time.perf_counter()
+        t0 = time.perf_counter()
         if isinstance(self.scorer, SelfEvalScorer):
             grades = self.scorer.grades([t.problem.question for t, _ in pairs],
                                         [self._solution_text(n) for _, n in pairs],
@@ -274,7 +268,7 @@ class MCTSr(Search):
                                key=(t.problem.id, self.info[n].local)) for t, n in pairs]
             grades = [[] if v is None else [100.0 * v] for v in self.scorer.score(items)]
         if self._round_split is not None:
-            self._round_split.scorer_s += _time.perf_counter() - t0
+            self._round_split.scorer_s += time.perf_counter() - t0
         nodes, rewards = [], []
         for (t, n), g in zip(pairs, grades):
             if g:
