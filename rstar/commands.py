@@ -136,11 +136,7 @@ _KNOBS = ("rollouts", "children", "max_depth", "error_threshold", "temperature",
 
 def recipe_from_args(args, has_gold: bool | None):
     """The run's recipe: --config (or a fresh one), then --preset, then every flag given."""
-    try:
-        from rstar.policy import parse_backend_options
-    except ImportError:  # pragma: no cover - the policy package predates engine options
-        def parse_backend_options(items):
-            return dict(item.split("=", 1) for item in items)
+    from rstar.policy import parse_backend_options
     from rstar.recipe import Recipe, load_recipe
     from rstar.search.config import preset
 

@@ -96,8 +96,6 @@ def make_search(recipe: Recipe, comps: Components, run_id: str = ""):
 
 def check_problems(recipe: Recipe, problems: Sequence[Problem], source: str = "the data") -> None:
     """A scorer that needs gold answers refuses problems without one, in one line."""
-    from rstar.scorers import load_scorer  # noqa: F401  (names the specs in the message)
-
     if recipe.scorer == "gold":
         missing = [p.id for p in problems if p.gold is None]
         if missing:

@@ -402,7 +402,7 @@ class Search:
                     pass
         for x in terminal:
             if x.tree.problem.gold is not None:
-                x.info.correct = _grade(x.info.answer, x.tree.problem.gold)
+                x.info.correct = grade(x.info.answer, x.tree.problem.gold)
         # Score: finished solutions always; partial ones when the scorer values them.
         to_score = list(terminal)
         if getattr(self.scorer, "scores_partial", False):
@@ -469,10 +469,10 @@ class Search:
         cands, sel = self.select_answer(tree)
         chosen = cands[sel.index].node if sel.index is not None else None
         gold = tree.problem.gold
-        correct = _grade(sel.answer, gold) if (gold is not None and sel.answer is not None) else None
+        correct = grade(sel.answer, gold) if (gold is not None and sel.answer is not None) else None
         if gold is not None and sel.answer is None:
             correct = False  # nothing answered: wrong, not unknown
-        grade = None if gold is None else ("unknown" if correct is None else ("equal" if correct else "not_equal"))
+        verdict = None if gold is None else ("unknown" if correct is None else ("equal" if correct else "not_equal"))
         answered = [self.info[n] for n in tree.terminals if self.info[n].answer]
         pass_at_k = any(i.correct is True for i in answered) if gold is not None else None
         solution = []
@@ -491,7 +491,7 @@ class Search:
             "gold": gold,
             "answer": sel.answer,
             "correct": correct,
-            "grade": grade,
+            "grade": verdict,
             "selection": sel.as_dict(),
             "chosen": self.info[chosen].local if chosen is not None else None,
             "pass_at_k": pass_at_k,
@@ -587,11 +587,6 @@ def apply_execution(template, info: StepInfo, parsed, parent_errors: int, res, e
         # failing step in a row reaches the threshold. A failed final step is not an ending.
         info.kind = "code"
         info.output = res.error or res.status
-
-
-def _grade(pred, gold):
-    """Three-valued: True, False, or None when the grader cannot decide."""
-    return grade(pred, gold)
 
 
 def _prior(comp) -> float:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rstar.errors import RstarError
-from rstar.scorers import ScoreItem, SelfEvalScorer, stable_seed
+from rstar.scorers import ScoreItem, SelfEvalScorer, grade, stable_seed
 from rstar.search.base import Search, StepInfo, Tree, apply_execution
 from rstar.tree import MCTSR
 
@@ -244,9 +244,7 @@ class MCTSr(Search):
         if w.answer is not None:
             tree.terminals.append(node)
             if tree.problem.gold is not None:
-                from rstar.search.base import _grade
-
-                info.correct = _grade(w.answer, tree.problem.gold)
+                info.correct = grade(w.answer, tree.problem.gold)
 
     def _solution_text(self, node: int) -> str:
         info = self.info[node]
