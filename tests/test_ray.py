@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need
+from conftest import need, spawn, tail
 
 pytestmark = [pytest.mark.docker]
 
@@ -224,8 +224,7 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
     out = tmp_path / "run"
     args = ["run", data, "--out", out, "--model", PACED, "--ray", cluster.address, "--sandbox-size", "1",
             "--rollouts", "4", "--children", "4", "--max-depth", "6", "--no-progress"]
-    proc = subprocess.Popen(rstar_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = spawn(rstar_cmd(*args), tmp_path / "run.log", start_new_session=True)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 180
     lines = 0
@@ -236,7 +235,7 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
                 if lines >= 5:
                     break
             time.sleep(0.05)
-        assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}"
+        assert proc.poll() is None, f"the run ended before it could be killed: {tail(tmp_path / 'run.log')}"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()

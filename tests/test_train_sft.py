@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("trl")
 pytest.importorskip("peft")
 
-from conftest import smol_path  # noqa: E402
+from conftest import smol_path, spawn, tail  # noqa: E402
 from rstar.errors import DataError, RstarError  # noqa: E402
 from rstar.templates import get_template  # noqa: E402
 from rstar.train.sft import (  # noqa: E402
@@ -148,11 +148,11 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     cmd = [sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base", str(SMOL),
            "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1",
            "--lora-r", "4", "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = spawn(cmd, tmp_path / "train.log", start_new_session=True)
     try:
         deadline = time.monotonic() + 600
         while not (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").is_file():
-            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert proc.poll() is None, tail(tmp_path / "train.log")
             assert time.monotonic() < deadline
             time.sleep(0.5)
     finally:
