@@ -29,6 +29,7 @@ import math
 import pytest
 
 from conftest import need, smol_path
+from _servers import start_llama_server, stop_server
 
 AGREE_FIRST = 0.75
 
@@ -66,47 +67,9 @@ def _start(name: str, tmp_path_factory):
         if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
             need("llama.cpp's server", "pip install llama-cpp-python uvicorn fastapi sse-starlette "
                                        "starlette-context pydantic-settings")
-        from test_policy_openai import free_port
-
-        import subprocess
-        import sys
-        import time
-
-        import requests
-
-        port = free_port()
-        log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
-        log = open(log_path, "w")
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                                 "--n_threads", "2", "--n_threads_batch", "2"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
-            try:
-                if requests.get(url + "/models", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("llama_cpp.server did not answer in 180 s")
-            time.sleep(0.3)
-
-        def stop():
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-
+        proc, url = start_llama_server(gguf, tmp_path_factory.mktemp("llama_server") / "server.log")
         # llama_cpp.server applies repeat_penalty 1.1 unless told: the contract samples without
-        return load_policy(f"openai:{url}", extra_body={"repeat_penalty": 1.0}), stop
+        return load_policy(f"openai:{url}", extra_body={"repeat_penalty": 1.0}), lambda: stop_server(proc)
     if name == "hf":
         if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("gguf") is None:
             need("transformers", "pip install torch==2.13.0 transformers gguf accelerate")
@@ -119,7 +82,7 @@ def _start(name: str, tmp_path_factory):
     if name == "vllm":
         return load_policy(f"vllm:{model_dir}", options={"max_model_len": 2048, "kv_cache_space": 1,
                                                          "max_num_seqs": 16}), None
-    from test_policy_vllm import start_vllm_server, stop_server
+    from test_policy_vllm import start_vllm_server
 
     proc, url = start_vllm_server(model_dir, tmp_path_factory.mktemp("vllm_server") / "server.log")
     return load_policy(f"openai:{url}"), lambda: stop_server(proc)

