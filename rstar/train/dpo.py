@@ -37,6 +37,7 @@ from rstar.train.sft import (
     load_policy_for_training,
     read_jsonl,
     run_trainer,
+    settings_from_args,
     summary_line,
     training_arguments,
     write_log,
@@ -182,11 +183,6 @@ def register(tsub) -> None:
 
 
 def cmd_dpo(args) -> int:
-    s = DPOSettings(data=args.data, out=args.out, base=args.base, beta=args.beta, epochs=args.epochs,
-                    max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                    max_length=args.max_length, save_steps=args.save_steps, lora_r=args.lora_r,
-                    lora_alpha=args.lora_alpha, seed=args.seed, resume=args.resume, merge=args.merge,
-                    no_progress=args.no_progress)
-    log = train_dpo(s)
+    log = train_dpo(settings_from_args(DPOSettings, args))
     print(summary_line(log, args.out))
     return 0

@@ -296,6 +296,14 @@ def common_args(p, *, lr: float, epochs: float, batch: int) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def settings_from_args(cls, args):
+    """A settings dataclass filled from parsed ``common_args`` flags (same names, dashes as underscores)."""
+    import dataclasses
+
+    given = vars(args)
+    return cls(**{f.name: given[f.name] for f in dataclasses.fields(cls) if f.name in given})
+
+
 def training_arguments(out: Path, a: dict, **extra) -> dict:
     """Common TrainingArguments fields (CPU-safe, checkpoints, logging every step)."""
     from rstar.train.base import cpu_training_args
@@ -448,12 +456,7 @@ def register(tsub) -> None:
 
 
 def cmd_sft(args) -> int:
-    s = SFTSettings(data=args.data, out=args.out, base=args.base, template=args.template, epochs=args.epochs,
-                    max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                    max_length=args.max_length, save_steps=args.save_steps, lora_r=args.lora_r,
-                    lora_alpha=args.lora_alpha, seed=args.seed, resume=args.resume, merge=args.merge,
-                    no_progress=args.no_progress)
-    log = train_sft(s)
+    log = train_sft(settings_from_args(SFTSettings, args))
     print(summary_line(log, args.out))
     return 0
 
