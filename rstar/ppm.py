@@ -146,7 +146,9 @@ def check_base(manifest: dict, where: str | Path, spec: str | None = None) -> di
 
 # ---------------------------------------------------------------- hidden-state features
 
-_LOAD_LOCK = threading.Lock()
+# re-entrant: a load inside a load (evolve wraps its stages, the head scorer loads inside) must
+# not wait on itself
+_LOAD_LOCK = threading.RLock()
 
 
 def cpu_has_amx() -> bool:
@@ -170,7 +172,8 @@ def _no_amx_buffers(llama_cpp):
     crashes (SIGSEGV) on multi-token batches of some quantizations (seen with SmolLM2's Q4_1,
     llama-cpp-python 0.3.36). ``Llama`` takes no argument for it, so the default model
     parameters are patched for the duration of the load."""
-    if not cpu_has_amx() or os.environ.get("RSTAR_LLAMA_EXTRA_BUFFERS") == "1":
+    forced = os.environ.get("RSTAR_LLAMA_EXTRA_BUFFERS")  # "1": always on, "0": always off
+    if forced == "1" or (forced != "0" and not cpu_has_amx()):
         yield
         return
     import llama_cpp.llama as llama_mod

@@ -220,3 +220,27 @@ def test_gold_search_export_train_then_search_with_the_ppm(sandbox_pool, tmp_pat
         assert 1 <= scorer.calls <= r["rounds"] + 1          # batched: about one call per round
     finally:
         scorer.close()
+
+
+def test_a_model_loaded_inside_another_load_does_not_wait_on_itself(monkeypatch):
+    """`rstar evolve` holds the no-AMX-buffers patch around a whole stage and the head scorer
+    loads its model inside it: the second entry must not wait on the first (it did: evolve hung)."""
+    import threading
+
+    from rstar.ppm import LlamaFeatures, no_amx_buffers
+
+    monkeypatch.setenv("RSTAR_LLAMA_EXTRA_BUFFERS", "0")  # the patch applies on any CPU
+    gguf = smol()
+    loaded = {}
+
+    def nested():
+        with no_amx_buffers():
+            feats = LlamaFeatures(gguf, n_ctx=256, n_threads=1)
+            loaded["dim"] = feats.dim
+            feats.close()
+
+    t = threading.Thread(target=nested, daemon=True)
+    t.start()
+    t.join(timeout=120)
+    assert not t.is_alive(), "a load inside no_amx_buffers() waited on its own lock"
+    assert loaded["dim"] == 576  # SmolLM2-135M's hidden size
