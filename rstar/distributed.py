@@ -44,14 +44,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import sys
 import threading
 import time
 import traceback
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from rstar.errors import RstarError
 
@@ -315,6 +315,19 @@ def _cluster(ray) -> dict:
                                           if k in ("CPU", "GPU", "memory", "object_store_memory")}}
 
 
+def _source_tree_hint(causes) -> str:
+    """Ray puts the driver's working directory first on every worker's Python path: started from
+    rstar's source checkout, the workers import ./rstar, which has no compiled core."""
+    if not any("rstar._core" in c for c in causes):
+        return ""
+    here = Path.cwd()
+    if (here / "rstar" / "__init__.py").is_file():
+        return (f" (Ray puts the driver's working directory, {here}, first on the workers' Python path, and "
+                f"{here / 'rstar'} is a source tree without the compiled core: start the run from another "
+                "directory)")
+    return ""
+
+
 def run_on_ray(problems: list, recipe: Any, address: str | None,
                on_result: Callable[[dict], None],
                progress: Callable[[dict], None] | None = None, *,
@@ -439,7 +452,8 @@ def run_on_ray(problems: list, recipe: Any, address: str | None,
             refs = [a.poll_ref for a in actors if a.poll_ref is not None]
             if not refs and all(a.dead_error for a in actors):
                 causes = sorted({a.dead_error for a in actors})
-                raise RayUnavailable(f"every Ray worker failed to start: {'; '.join(causes)}")
+                raise RayUnavailable(f"every Ray worker failed to start: {'; '.join(causes)}"
+                                     + _source_tree_hint(causes))
             if refs:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
                 if ready:  # and whatever else is ready now

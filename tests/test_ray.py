@@ -41,13 +41,17 @@ def _require_sandbox() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     try:
         import ray
         from ray.cluster_utils import Cluster
     except ImportError:
         need("Ray", 'pip install "rstar[ray]"')
     _require_sandbox()
+    # Ray puts the driver's working directory first on the workers' path: from the repository
+    # root they would import the source tree (no compiled core) instead of the installed rstar
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray_cwd"))
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     try:
         for _ in range(2):
@@ -58,6 +62,7 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+        os.chdir(here)
 
 
 def recipe(model: str = SCRIPT, concurrent: int = 2):
@@ -224,7 +229,7 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
     out = tmp_path / "run"
     args = ["run", data, "--out", out, "--model", PACED, "--ray", cluster.address, "--sandbox-size", "1",
             "--rollouts", "4", "--children", "4", "--max-depth", "6", "--no-progress"]
-    proc = spawn(rstar_cmd(*args), tmp_path / "run.log", start_new_session=True)
+    proc = spawn(rstar_cmd(*args), tmp_path / "run.log", start_new_session=True, cwd=tmp_path)
     results = out / "results.jsonl"
     deadline = time.monotonic() + 180
     lines = 0
@@ -242,7 +247,7 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
         proc.wait()
     partial = [json.loads(x) for x in results.read_text().splitlines() if x.strip().endswith("}")]
     assert 5 <= len(partial) < n
-    done = subprocess.run(rstar_cmd(*args, "--resume"), capture_output=True, text=True, timeout=300)
+    done = subprocess.run(rstar_cmd(*args, "--resume"), capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming: {len(partial)} of {n}" in done.stderr
     final = read_results(out)
@@ -250,6 +255,25 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
     assert len(ids) == len(set(ids)) == n, "every problem exactly once"
     assert {r["id"] for r in partial} <= set(ids)
     assert json.loads((out / "run.json").read_text())["cluster"]["results"] == n - len(partial)
+
+
+def test_run_started_inside_a_source_tree_says_why_its_workers_fail(cluster, tmp_path):
+    """Ray puts the driver's working directory first on the workers' path. Started from a
+    checkout of rstar's sources (no compiled core), the workers cannot import rstar: the run
+    ends with one line that says so and what to do, instead of a bare ModuleNotFoundError."""
+    import shutil
+
+    import rstar
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(Path(rstar.__file__).parent, checkout / "rstar", ignore=shutil.ignore_patterns("*.so"))
+    data = write_data(tmp_path / "data.jsonl", 2)
+    r = subprocess.run(rstar_cmd("run", data, "--out", tmp_path / "o", "--model", SCRIPT, "--ray", cluster.address,
+                                 "--sandbox-size", "1", "--no-progress"),
+                       capture_output=True, text=True, timeout=300, cwd=checkout)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert "rstar._core" in last and str(checkout) in last and "from another directory" in last, r.stderr[-2000:]
 
 
 BLOCK_RAY = """
