@@ -227,6 +227,20 @@ def test_real_server_stream_mode_n_and_stop(remote):
     assert all(1 <= c.num_tokens <= 8 for r in out for c in r)
 
 
+def test_real_server_samples_are_not_cut_short_by_each_other(remote):
+    """llama_cpp.server ends a running stream ([DONE], no finish reason) when another request
+    arrives. Several prompts x n samples at once must still each run to their own end: every
+    sample that ends by length has all its tokens (it once had 1 of 24)."""
+    prompts = ["def fibonacci(n):\n", "x = ", "import numpy as np\n"]
+    out = remote.generate(prompts, n=2, max_tokens=24, temperature=1.0, seed=3)
+    ends = [(c.finish_reason, c.num_tokens) for r in out for c in r]
+    assert len(ends) == 6
+    for reason, ntok in ends:
+        assert reason in ("length", "eos"), ends
+        if reason == "length":
+            assert ntok >= 23, ends  # chunks: a multi-byte character split over tokens may merge two
+
+
 def test_real_server_eos(remote):
     prompt = remote.format_chat([{"role": "user", "content": "Say hello."}])
     [[c]] = remote.generate([prompt], n=1, max_tokens=64, temperature=0)

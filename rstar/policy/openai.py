@@ -22,7 +22,11 @@ strings and cut on the client with :func:`split_at_stop` as soon as one appears,
 stream is closed (llama.cpp's servers stop generating when the client goes away). Then
 ``finish_reason "stop"`` from the server can only mean EOS. In stream mode ``num_tokens``
 is the number of streamed chunks (one per token on llama.cpp; a multi-byte character
-split over tokens may merge two) and ``logprob_sum`` is None.
+split over tokens may merge two) and ``logprob_sum`` is None. Streams go one at a time:
+llama-cpp-python's server serves one request at a time and, by default, cuts a running
+stream short (``[DONE]`` with no finish reason) as soon as another request arrives. A
+stream that ends without a finish reason or a stop string was cut short: it is retried,
+never taken for a completion.
 
 ``logprob_sum`` in server mode: ``logprobs=1`` is requested and ``token_logprobs`` summed;
 a server that rejects logprobs gets requests without them from then on (then None).
@@ -113,6 +117,7 @@ class OpenAIPolicy(Policy):
         self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rstar-http")
         self._n_supported: bool | None = None
         self._lock = threading.Lock()
+        self._stream_lock = threading.Lock()  # stream mode: one stream at a time (see the module doc)
         self.stats = {"requests": 0, "retries": 0}
         self.model = model or spec_model or self._discover_model()
         self.name = f"openai:{self.base_url}#{self.model}"
@@ -256,9 +261,25 @@ class OpenAIPolicy(Policy):
         return comps
 
     def _stream_one(self, payload: dict, stops: list[str]) -> Completion:
+        with self._stream_lock:
+            for attempt in range(self.max_retries + 1):
+                comp = self._stream_once(payload, stops)
+                if comp is not None:
+                    return comp
+                with self._lock:
+                    self.stats["retries"] += 1
+        raise ModelUnavailable(
+            f"{self.base_url}: the server ended the stream without a finish reason {self.max_retries + 1} "
+            "times in a row (cut short, not finished); if another client shares this server, note that "
+            "llama_cpp.server interrupts a running request when a new one arrives (--interrupt_requests "
+            "false turns that off)")
+
+    def _stream_once(self, payload: dict, stops: list[str]) -> Completion | None:
+        """One streamed completion, or None when the server closed the stream without saying why
+        it ended (cut short)."""
         payload = dict(payload, n=1, stream=True)
         resp = self._request("POST", "/completions", payload, stream=True)
-        text, hit, finish, chunks = "", None, "length", 0
+        text, hit, finish, chunks = "", None, None, 0
         try:
             for line in resp.iter_lines(decode_unicode=False):
                 if not line or not line.startswith(b"data:"):
@@ -282,6 +303,8 @@ class OpenAIPolicy(Policy):
                         break
         finally:
             resp.close()  # on a stop hit this disconnects: the server stops generating
+        if finish is None:
+            return None
         return Completion(text=text, stop=hit, finish_reason=finish, num_tokens=chunks, logprob_sum=None)
 
     def close(self) -> None:
