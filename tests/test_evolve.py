@@ -1,5 +1,5 @@
-"""`rstar evolve --preset tiny` end to end on the SmolLM2-135M test model, with the real sandbox:
-every stage runs and its artifacts load, round 1's policy (the LoRA adapter) is what the
+"""`rstar evolve --preset tiny --dpo` end to end on the SmolLM2-135M test model, with the real sandbox:
+every stage (Step-DPO included) runs and its artifacts load, round 1's policy (the LoRA adapter) is what the
 evaluation searches with, and a run killed in the search and again in training resumes
 without redoing finished work."""
 
@@ -38,7 +38,7 @@ def write(path: Path, rows) -> Path:
 def evolve_cmd(tmp: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "rstar.cli", "evolve", str(tmp / "train.jsonl"), "--out", str(out),
             "--rounds", "1", "--eval", str(tmp / "eval.jsonl"), "--preset", "tiny", "--model", str(SMOL),
-            "--rollouts", "8", "--children", "3", "--max-steps", "6", "--no-progress"]
+            "--rollouts", "8", "--children", "3", "--max-steps", "6", "--dpo", "--no-progress"]
 
 
 def run_until(cmd, condition, log: Path, timeout=900) -> str:
@@ -89,9 +89,9 @@ def test_every_stage_ran_and_resumed_without_redoing_work(evolved):
     out = evolved["out"]
     state = json.loads((out / "evolve.json").read_text())
     st = state["rounds"]["0"]
-    assert {k: st[k]["status"] for k in ("search", "export", "sft", "ppm", "eval")} == dict.fromkeys(
-        ("search", "export", "sft", "ppm", "eval"), "done")
-    assert st["dpo"]["status"] == "skipped"  # the tiny preset leaves Step-DPO out
+    assert st["export"]["counts"]["step_dpo"] >= 1, "no Step-DPO pairs: the DPO stage cannot be checked"
+    assert {k: st[k]["status"] for k in ("search", "export", "sft", "dpo", "ppm", "eval")} == dict.fromkeys(
+        ("search", "export", "sft", "dpo", "ppm", "eval"), "done")
     assert st["search"]["attempts"] == 2  # killed once inside it, resumed
     if evolved["second"] == "killed":
         assert st["sft"]["attempts"] == 2
@@ -113,8 +113,9 @@ def test_artifacts_load(evolved):
     assert json.loads((out / "search" / "run.json").read_text())["recipe"]["scorer"] == "gold"
     counts = json.loads((out / "data" / "export.json").read_text())
     assert counts["sft"] >= 1
-    spec, opts = trained_policy_spec(out / "sft")
-    assert spec == f"llamacpp:{SMOL}" and Path(opts["lora_path"]).is_file()
+    for stage in ("sft", "dpo"):  # Step-DPO trains the SFT adapter further; both load on the GGUF base
+        spec, opts = trained_policy_spec(out / stage)
+        assert spec == f"llamacpp:{SMOL}" and Path(opts["lora_path"]).is_file()
     scorer = load_ppm_scorer(out / "ppm")
     scorer.close()
     table = json.loads((evolved["out"] / "rounds.json").read_text())
@@ -128,7 +129,7 @@ def test_artifacts_load(evolved):
 def test_round_one_searches_with_the_adapter(evolved):
     out = evolved["out"] / "round-0"
     recipe = json.loads((out / "eval" / "run.json").read_text())["recipe"]
-    assert Path(recipe["model"]) == out / "sft"  # policy_1 = the trained directory (base + GGUF LoRA)
+    assert Path(recipe["model"]) == out / "dpo"  # policy_1 = SFT then Step-DPO (base + GGUF LoRA)
     assert recipe["scorer"] == f"ppm:{out / 'ppm'}"
     for r in lines(out / "eval" / "results.jsonl"):
         assert r["gold_rewards"] is False  # evaluation never rewards with the gold answer
