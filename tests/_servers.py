@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import spawn, tail
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -21,20 +23,17 @@ def free_port() -> int:
 
 
 def start_server(args: list[str], log_path: Path, port: int, limit_s: float, env: dict | None = None):
-    """``python ARGS`` in its own process group, output to ``log_path`` (a file, never a pipe: a
+    """``python ARGS`` in its own process group, output to the file ``log_path`` (``spawn``: a
     loading server logs hundreds of KB); returns ``(process, url)`` once ``url/models`` answers.
     A server that exits or does not answer within ``limit_s`` fails the test with its log's end."""
     import requests
 
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
-    log.close()  # the server holds its own copy
+    proc = spawn([sys.executable, *args], log_path, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + limit_s
     while True:
         if proc.poll() is not None:
-            pytest.fail(f"{args[1]} exited ({proc.returncode}): {Path(log_path).read_text()[-3000:]}")
+            pytest.fail(f"{args[1]} exited ({proc.returncode}): {tail(log_path)}")
         try:
             if requests.get(url + "/models", timeout=2).status_code == 200:
                 return proc, url
@@ -42,7 +41,7 @@ def start_server(args: list[str], log_path: Path, port: int, limit_s: float, env
             pass
         if time.monotonic() > deadline:
             stop_server(proc)
-            pytest.fail(f"{args[1]} did not answer in {limit_s:.0f} s: {Path(log_path).read_text()[-3000:]}")
+            pytest.fail(f"{args[1]} did not answer in {limit_s:.0f} s: {tail(log_path)}")
         time.sleep(0.5)
 
 

@@ -262,7 +262,7 @@ class OpenAIPolicy(Policy):
 
     def _stream_one(self, payload: dict, stops: list[str]) -> Completion:
         with self._stream_lock:
-            for attempt in range(self.max_retries + 1):
+            for _ in range(self.max_retries + 1):
                 comp = self._stream_once(payload, stops)
                 if comp is not None:
                     return comp
