@@ -42,6 +42,23 @@ def slice_file(src: Path, dst: Path, start: int, n: int) -> Path:
     return dst
 
 
+def reuse_search(src: Path, train: Path, dst: Path) -> None:
+    """Seed round 0's search directory with ``src``'s results for the training problems (once: an
+    existing round-0 search is left alone). ``rstar evolve`` resumes it; resuming checks that the
+    saved recipe matches round 0's, so a search with other settings is refused, not mixed in."""
+    if (dst / "results.jsonl").exists():
+        return
+    if not (src / "results.jsonl").is_file() or not (src / "run.json").is_file():
+        sys.exit(f"--reuse-search {src}: not a run directory (no results.jsonl and run.json)")
+    ids = {json.loads(ln)["id"] for ln in train.read_text().splitlines() if ln.strip()}
+    rows = [ln for ln in (src / "results.jsonl").read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("id") in ids]
+    dst.mkdir(parents=True, exist_ok=True)
+    (dst / "run.json").write_text((src / "run.json").read_text())
+    (dst / "results.jsonl").write_text("".join(r + "\n" for r in rows))
+    print(f"round 0 starts from {len(rows)} of {len(ids)} problems searched in {src}", file=sys.stderr)
+
+
 def evaluate(data: Path, out: Path, model: str, method: str, scorer: str, budget, seed: int) -> dict:
     cfg = search_preset("greedy" if method == "greedy" else budget.eval_preset)
     changes = {k: getattr(budget, k) for k in ("rollouts", "children", "max_depth", "max_tokens")
@@ -73,6 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dpo", action="store_true", help="Step-DPO after SFT")
     ap.add_argument("--methods", default="greedy,vote,ppm", help="evaluations to run (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse-search", metavar="RUN_DIR",
+                    help="start round 0 from this gold-rewarded search of the same problems (e.g. bench_ppm's "
+                         "run_gold): its finished problems are not searched again; its settings must match")
     ap.add_argument("--json", action="store_true", help="print one JSON line at the end")
     a = ap.parse_args(argv)
 
@@ -89,6 +109,8 @@ def main(argv=None) -> int:
         budget.sft_max_steps = a.max_steps
     if a.epochs is not None:
         budget.sft_epochs = a.epochs
+    if a.reuse_search:
+        reuse_search(Path(a.reuse_search), train, out / "evolve" / "round-0" / "search")
     t0 = time.perf_counter()
     ev = Evolve(EvolveConfig(data=str(train), out=str(out / "evolve"), rounds=1, eval_data=None, preset=a.preset,
                              model=a.model, seed=a.seed, budget=budget))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -55,6 +54,13 @@ def rstar(*args: str) -> None:
         rc = cli(list(args))
     if rc:
         raise SystemExit(f"rstar {args[0]} failed ({rc})")
+
+
+def save(work: Path, report: dict) -> None:
+    """The report so far, kept in the work directory after every stage: a late failure loses nothing."""
+    tmp = work / "report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    tmp.replace(work / "report.json")
 
 
 def read_jsonl(p: Path) -> list[dict]:
@@ -120,6 +126,7 @@ def main() -> int:
     report["solved_pass_at_k"] = sum(bool(r.get("pass_at_k")) for r in records)
     report["nodes"] = nodes
     report["policy_s_per_node"] = model_s / max(1, nodes - len(records))
+    save(work, report)
 
     # 2. export
     data = work / "data"
@@ -139,13 +146,22 @@ def main() -> int:
     res = train_head("ppm", tr, ev, a.base, head_dir, progress=False, epochs=a.head_epochs)
     report["head"] = {k: res["metrics"].get(k) for k in (
         "train_accuracy", "eval_accuracy", "feature_seconds", "fit_seconds", "feature_tokens_per_s", "texts")}
+    save(work, report)
+    lm_ok = False
     if a.lm_steps > 0:
         lm_dir = work / "ppm_lm"
-        res = train_lm("ppm", tr, ev, a.base, lm_dir, progress=False, max_steps=a.lm_steps, batch_size=2,
-                       lr=1e-4, lora_r=8, max_length=a.lm_max_length)
-        report["lm"] = {k: res["metrics"].get(k) for k in (
-            "eval_accuracy", "train_seconds", "train_tokens", "train_tokens_per_s", "first_loss", "last_loss")}
-        report["lm"]["steps"] = a.lm_steps
+        try:
+            res = train_lm("ppm", tr, ev, a.base, lm_dir, progress=False, max_steps=a.lm_steps, batch_size=2,
+                           lr=1e-4, lora_r=8, max_length=a.lm_max_length)
+        except Exception as e:  # the head's figures still count; say why the LoRA PPM has none
+            report["lm"] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"LoRA PPM training failed: {e}", file=sys.stderr)
+        else:
+            lm_ok = True
+            report["lm"] = {k: res["metrics"].get(k) for k in (
+                "eval_accuracy", "train_seconds", "train_tokens", "train_tokens_per_s", "first_loss", "last_loss")}
+            report["lm"]["steps"] = a.lm_steps
+        save(work, report)
 
     # 5. selection on held-out problems (and 4. scoring cost on their solutions)
     sel_recs = held_recs
@@ -157,7 +173,7 @@ def main() -> int:
         data_file.write_text("".join(json.dumps(p) + "\n" for p in src if p.get("id") in held_ids))
         search(data_file, blind, len(held_ids), a.rollouts, "none", extra)
         sel_recs = [rec for _, rec in trace.iter_results(blind)]
-    kinds = [("head", head_dir)] + ([("lm", work / "ppm_lm")] if a.lm_steps > 0 else [])
+    kinds = [("head", head_dir)] + ([("lm", work / "ppm_lm")] if lm_ok else [])
     sel: dict = {"problems": len(sel_recs), "with_solutions": 0, "vote": 0}
     for kind, d in kinds:
         scorer = load_scorer(d, "ppm")
@@ -196,6 +212,7 @@ def main() -> int:
     sel["samples_steered_by_gold"] = not a.blind
     report["selection"] = sel
     report["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    save(work, report)
     if a.json:
         print(json.dumps(report, indent=1))
     else:
