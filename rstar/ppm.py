@@ -41,7 +41,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rstar.errors import DataError, ModelUnavailable, RstarError
+from rstar.errors import ModelUnavailable, RstarError
 
 MANIFEST = "rstar_ppm.json"
 FORMAT = 1

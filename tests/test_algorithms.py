@@ -5,31 +5,17 @@ templates, with rstar's instant ScriptedPolicy: each test knows exactly which st
 import math
 import re
 
-import numpy as np
 import pytest
 
 from rstar.policy.scripted import ScriptedPolicy
 from rstar.results import Problem
 from rstar.scorers import ScoreItem, load_scorer
 from rstar.search import BeamSearch, BestOfN, Greedy, MCTS, MCTSr, PUCTSearch, SearchConfig, make_search
-from rstar.templates import get_template
 from rstar.tree import PUCT
 
+from _scripts import T, by_step, step_no  # noqa: E402
+
 pytestmark = pytest.mark.docker
-
-T = get_template("default")
-
-
-def step_no(prompt: str) -> int:
-    tail = prompt.rsplit(T.assistant_prefix, 1)[1]
-    return tail.count("\n# Step") + 1
-
-
-def by_step(table):
-    def script(prompt, n):
-        cands = table.get(step_no(prompt), ["garbage"])
-        return [cands[i % len(cands)] for i in range(n)]
-    return script
 
 
 def nodes(r):

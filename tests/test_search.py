@@ -14,29 +14,14 @@ from rstar.policy.scripted import ScriptedPolicy
 from rstar.results import Problem
 from rstar.scorers import load_scorer
 from rstar.search import MCTS, SearchConfig
-from rstar.templates import get_template
+
+from _scripts import T, by_step, step_no  # noqa: E402
 
 pytestmark = pytest.mark.docker
-
-T = get_template("default")
 
 
 def chat(messages):
     return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
-
-
-def step_no(prompt: str) -> int:
-    """1 + the number of steps already written after the assistant prefix."""
-    tail = prompt.rsplit(T.assistant_prefix, 1)[1]
-    return tail.count("\n# Step") + 1
-
-
-def by_step(table):
-    """A script: step k of any prompt gets the candidates table[k] (a list of raw continuations)."""
-    def script(prompt, n):
-        cands = table.get(step_no(prompt), ["garbage"])
-        return [cands[i % len(cands)] for i in range(n)]
-    return script
 
 
 GOOD = {

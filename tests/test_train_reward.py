@@ -4,8 +4,6 @@ and one clear line for each kind of bad input."""
 
 import json
 
-import pytest
-
 from conftest import need, smol_path
 from test_ppm import Item, toy_pairs
 
