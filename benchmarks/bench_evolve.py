@@ -88,6 +88,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, help="SFT optimizer steps at most")
     ap.add_argument("--epochs", type=float, help="SFT epochs")
     ap.add_argument("--dpo", action="store_true", help="Step-DPO after SFT")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="training arithmetic (default: the preset's)")
     ap.add_argument("--methods", default="greedy,vote,ppm", help="evaluations to run (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse-search", metavar="RUN_DIR",
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
         budget.sft_max_steps = a.max_steps
     if a.epochs is not None:
         budget.sft_epochs = a.epochs
+    if a.precision is not None:
+        budget.precision = a.precision
     if a.reuse_search:
         reuse_search(Path(a.reuse_search), train, out / "evolve" / "round-0" / "search")
     t0 = time.perf_counter()
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
         "eval_from": a.eval_from, "rollouts": budget.rollouts, "cells": cells, "deltas": deltas,
         "search": (state.get("search") or {}).get("summary", {}).get("accuracy"),
         "traces": rows[0]["traces"], "ppm_pairs": rows[0]["ppm_pairs"], "dpo_pairs": rows[0]["dpo_pairs"],
-        "sft_tokens_per_s": sft.get("tokens_per_s"), "sft_steps": sft.get("steps"), "sft_loss": sft.get("final_loss"),
+        "precision": budget.precision, "sft_tokens_per_s": sft.get("tokens_per_s"), "sft_steps": sft.get("steps"), "sft_loss": sft.get("final_loss"),
         "stage_s": rows[0]["time_s"], "evolve_s": round(evolve_s, 1),
         "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
     }

@@ -73,6 +73,7 @@ class Budget:
     ppm_epochs: float | None = None
     ppm_max_steps: int = -1
     save_steps: int = 50
+    precision: str = "auto"              # training arithmetic: rstar.train.base.use_bf16
 
 
 PRESETS: dict[str, Budget] = {
@@ -278,7 +279,8 @@ class Evolve:
             data=str(self.rdir(k) / "data" / "sft.jsonl"), out=str(out), base=self.cfg.model,
             template=self.cfg.template, epochs=b.sft_epochs, max_steps=b.sft_max_steps, lr=b.sft_lr,
             batch_size=b.sft_batch, max_length=b.max_length, save_steps=b.save_steps, lora_r=b.lora_r,
-            lora_alpha=2 * b.lora_r, seed=self.cfg.seed, resume=True, no_progress=not self.cfg.progress))
+            lora_alpha=2 * b.lora_r, seed=self.cfg.seed, resume=True, no_progress=not self.cfg.progress,
+            precision=b.precision))
         self.state.round(k)["policy_out"] = str(out)
         return {"log": _slim(log)}
 
@@ -294,7 +296,7 @@ class Evolve:
             data=str(self.rdir(k) / "data" / "step_dpo.jsonl"), out=str(out), base=str(self.rdir(k) / "sft"),
             beta=b.dpo_beta, epochs=b.dpo_epochs, max_steps=b.dpo_max_steps, lr=b.dpo_lr, batch_size=2,
             max_length=b.max_length, save_steps=b.save_steps, lora_r=b.lora_r, seed=self.cfg.seed, resume=True,
-            no_progress=not self.cfg.progress))
+            no_progress=not self.cfg.progress, precision=b.precision))
         self.state.round(k)["policy_out"] = str(out)
         return {"log": _slim(log)}
 
@@ -324,7 +326,7 @@ class Evolve:
                                   source=str(self.rdir(k) / "data"), epochs=b.ppm_epochs or 2.0, lr=None,
                                   batch_size=4, grad_accum=1, max_steps=b.ppm_max_steps, lora_r=b.lora_r,
                                   max_length=b.max_length, weight_decay=None, seed=self.cfg.seed,
-                                  resume=(out / "checkpoints").is_dir())
+                                  resume=(out / "checkpoints").is_dir(), precision=b.precision)
         self.state.round(k)["ppm_out"] = str(out)
         return {"kind": kind, "metrics": res.get("metrics", {}), "pairs": len(rows)}
 
@@ -487,7 +489,8 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
 
 def budget_from_args(args) -> Budget:
     b = dataclasses.replace(PRESETS[args.preset])
-    for name in ("problems", "eval_problems", "rollouts", "children", "max_depth", "max_tokens", "lora_r"):
+    for name in ("problems", "eval_problems", "rollouts", "children", "max_depth", "max_tokens", "lora_r",
+                 "precision"):
         v = getattr(args, name, None)
         if v is not None:
             setattr(b, name, v)
@@ -533,6 +536,9 @@ def register(sub) -> None:
     g.add_argument("--max-steps", type=int, help="SFT optimizer steps at most")
     g.add_argument("--lr", type=float, help="SFT learning rate")
     g.add_argument("--lora-r", type=int, help="LoRA rank")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="training arithmetic: bf16 (bfloat16 matmuls, float32 weights), fp32, or auto (bf16 where "
+                        "the GPU or CPU has fast bf16: AMX-BF16, AVX512-BF16)")
     g.add_argument("--dpo", action=_Bool, default=None, help="also run Step-DPO (--no-dpo to turn off)")
     g.add_argument("--no-dpo", dest="dpo", action="store_false", help="no Step-DPO")
     g.add_argument("--ppm-kind", choices=("head", "lm"), help="PPM architecture (head: llama.cpp features)")

@@ -197,3 +197,37 @@ def test_cli_help_and_empty_data(tmp_path):
                         "--base", str(SMOL)], capture_output=True, text=True)
     assert r.returncode != 0
     assert "no SFT records" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_precision_choices():
+    from rstar.train.base import cpu_training_args, fast_bf16, use_bf16
+
+    assert use_bf16("bf16") is True and use_bf16("fp32") is False and use_bf16("auto") is fast_bf16()
+    assert cpu_training_args("bf16")["bf16"] is True and cpu_training_args("fp32")["bf16"] is False
+    with pytest.raises(ValueError, match="auto, fp32, bf16"):
+        use_bf16("fp16")
+    r = subprocess.run([sys.executable, "-m", "rstar.cli", "train", "sft", "x.jsonl", "--out", "o",
+                        "--precision", "fp16"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice: 'fp16'" in r.stderr
+
+
+def test_bf16_training_autocasts_and_keeps_a_float32_adapter(tmp_path):
+    """--precision bf16: the trainer runs with bf16 autocast (its saved arguments say so), the
+    adapter it writes is float32, and its losses on the same batches track float32's."""
+    import torch
+    from safetensors import safe_open
+
+    data = write_data(tmp_path / "sft.jsonl")
+    logs = {}
+    for prec in ("fp32", "bf16"):
+        logs[prec] = train_sft(SFTSettings(data=str(data), out=str(tmp_path / prec), base=str(SMOL),
+                                           template="rstar", max_steps=2, batch_size=2, lr=1e-3, lora_r=4,
+                                           lora_alpha=8, save_steps=2, no_progress=True, precision=prec))
+        args = torch.load(tmp_path / prec / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
+        assert args.bf16 is (prec == "bf16")
+    with safe_open(str(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
+    f32, b16 = [v for _, v in logs["fp32"]["losses"]], [v for _, v in logs["bf16"]["losses"]]
+    assert len(f32) == len(b16) == 2
+    # same weights, same batches: bf16 matmuls move the first loss by rounding only
+    assert b16[0] == pytest.approx(f32[0], rel=0.05) and b16[0] != f32[0]

@@ -10,8 +10,9 @@
 GGUF loading needs the ``gguf`` package; transformers dequantizes the weights, so the
 model is trainable. The dequantized model is cached once as an ordinary model directory
 (``rstar.models.ensure_converted``: float32 for files under 512 MB, else bfloat16; loaded
-as float32) so later loads skip the slow GGUF parsing and tokenizer conversion. Trainers must set CPU-safe defaults themselves
-(no bf16 on CPU, no gradient checkpointing unless asked): see ``cpu_training_args``.
+as float32) so later loads skip the slow GGUF parsing and tokenizer conversion. Trainers must set CPU-safe defaults
+themselves (bf16 only where the machine has fast bf16, no gradient checkpointing unless asked): see
+``cpu_training_args``.
 """
 
 from __future__ import annotations
@@ -106,11 +107,40 @@ def load_base(spec: str, kind: str = "causal", dtype: Any = None, **kw):
     return model, tok
 
 
-def cpu_training_args() -> dict:
-    """TrainingArguments fields that trainers' GPU defaults get wrong on a CPU."""
+PRECISIONS = ("auto", "fp32", "bf16")
+DEFAULT_PRECISION = "auto"
+
+
+def fast_bf16() -> bool:
+    """Whether this machine computes in bfloat16 faster than in float32: a CUDA GPU that supports
+    it, or a CPU with AMX-BF16 or AVX512-BF16 (oneDNN runs torch's bf16 matmuls on them)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def use_bf16(precision: str = "auto") -> bool:
+    """``precision`` -> train with bfloat16 autocast? ``auto``: where :func:`fast_bf16`. The
+    weights and the LoRA adapter stay float32 (mixed precision); only matmuls run in bf16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return fast_bf16()
+    return precision == "bf16"
+
+
+def cpu_training_args(precision: str = DEFAULT_PRECISION) -> dict:
+    """TrainingArguments fields that trainers' GPU defaults get wrong on a CPU. ``precision``:
+    see :func:`use_bf16` (TRL's configs default to bf16 even where it is slow or missing)."""
     on_gpu = device() == "cuda"
     return {
-        "bf16": False,
+        "bf16": use_bf16(precision),
         "fp16": False,
         "gradient_checkpointing": False,
         "use_cpu": not on_gpu,

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rstar.errors import DataError, RstarError
+from rstar.train.base import DEFAULT_PRECISION
 from rstar.train.sft import (
     DivergenceGuard,
     check_resume,
@@ -118,6 +119,7 @@ class DPOSettings:
     seed: int = 0
     resume: bool = False
     merge: bool = False
+    precision: str = DEFAULT_PRECISION
     no_progress: bool = False
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rstar.errors import DataError
+from rstar.train.base import DEFAULT_PRECISION, PRECISIONS
 from rstar.ppm import (
     FORMAT,
     LinearHead,
@@ -147,6 +148,7 @@ def register(tsub) -> None:
         p.add_argument("--eval-frac", type=float, default=0.1, help="share of problems held out (default 0.1)")
         p.add_argument("--eval-file", default=None, help="held-out records from another file (instead of --eval-frac)")
         p.add_argument("--weight-decay", type=float, default=None, help="default: lm 0.0, head 0.01")
+        p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="lm: " + "arithmetic: bf16 (mixed precision: bfloat16 matmuls, float32 weights and adapter), fp32, or auto: bf16 where the machine has fast bf16 (a CUDA GPU that supports it, a CPU with AMX-BF16 or AVX512-BF16) (default %(default)s)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="lm: continue from the last checkpoint in OUT/checkpoints")
         p.add_argument("--overwrite", action="store_true", help="replace an existing trained model in --out")
@@ -165,7 +167,7 @@ def cmd_train(args) -> int:
     else:
         train, held = split_by_problem(rows, args.eval_frac, args.seed)
     opts = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "grad_accum", "max_steps", "lora_r",
-                                            "max_length", "weight_decay", "seed", "resume")}
+                                            "max_length", "weight_decay", "seed", "resume", "precision")}
     fn = train_head if args.kind == "head" else train_lm
     result = fn(args.train_kind, train, held, args.base, out, progress=not args.no_progress,
                 source=str(args.data), **opts)
@@ -352,7 +354,7 @@ def _lora(r: int):
 
 
 def _training_args(cls, out: Path, *, epochs, lr, batch_size, grad_accum, max_steps, weight_decay, seed,
-                   has_eval: bool, progress: bool, **extra):
+                   has_eval: bool, progress: bool, precision: str = DEFAULT_PRECISION, **extra):
     from rstar.train.base import cpu_training_args
 
     return cls(
@@ -361,13 +363,13 @@ def _training_args(cls, out: Path, *, epochs, lr, batch_size, grad_accum, max_st
         gradient_accumulation_steps=grad_accum, max_steps=max_steps, weight_decay=weight_decay or 0.0,
         lr_scheduler_type="cosine", logging_steps=1, save_strategy="epoch", save_total_limit=2,
         eval_strategy="epoch" if has_eval else "no", seed=seed, disable_tqdm=not progress,
-        remove_unused_columns=False, **cpu_training_args(), **extra)
+        remove_unused_columns=False, **cpu_training_args(precision), **extra)
 
 
 def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Path, *, progress: bool = True,
              source: str = "", epochs=None, lr=None, batch_size: int = 4, grad_accum: int = 1, max_steps: int = -1,
              lora_r: int = 16, max_length: int = 1024, weight_decay=None, seed: int = 0, resume: bool = False,
-             **_ignored) -> dict:
+             precision: str = DEFAULT_PRECISION, **_ignored) -> dict:
     import torch
     from datasets import Dataset
 
@@ -387,7 +389,7 @@ def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Pat
     nan_cb = _StopOnNaN.make()
     printer = _EpochPrinter.make(progress)
     common = dict(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
-                  weight_decay=weight_decay, seed=seed, has_eval=bool(held), progress=progress)
+                  weight_decay=weight_decay, seed=seed, has_eval=bool(held), progress=progress, precision=precision)
     t0 = time.perf_counter()
     if kind == "ppm":
         from trl import RewardConfig
