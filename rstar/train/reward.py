@@ -474,6 +474,12 @@ def _weighted_reward_trainer():
             weight = inputs.pop("weight")
             _, outputs = super().compute_loss(model, inputs, return_outputs=True)
             chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            # TRL logs the mean of per-batch accuracies, which weighs a short last batch like a full one;
+            # keep one 0/1 per pair instead, so the logged (held-out) accuracy is per pair
+            acc = self._metrics["train" if model.training else "eval"]["accuracy"]
+            if acc:
+                acc.pop()
+            acc.extend(self.accelerator.gather_for_metrics((chosen > rejected).float().detach()).tolist())
             per_pair = -torch.nn.functional.logsigmoid(chosen - rejected)
             weight = weight.to(per_pair.dtype)
             loss = (per_pair * weight).sum() / weight.sum()
