@@ -30,6 +30,7 @@ from rstar.evolve import PRESETS, Evolve, EvolveConfig, format_table
 from rstar.recipe import Recipe
 from rstar.runner import run_dataset
 from rstar.search.config import preset as search_preset
+from rstar.train.base import add_precision_flag
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_train.jsonl"
 
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, help="SFT optimizer steps at most")
     ap.add_argument("--epochs", type=float, help="SFT epochs")
     ap.add_argument("--dpo", action="store_true", help="Step-DPO after SFT")
-    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="training arithmetic (default: the preset's)")
+    add_precision_flag(ap, default=None)
     ap.add_argument("--methods", default="greedy,vote,ppm", help="evaluations to run (comma-separated)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--reuse-search", metavar="RUN_DIR",
@@ -145,7 +146,8 @@ def main(argv=None) -> int:
         "eval_from": a.eval_from, "rollouts": budget.rollouts, "cells": cells, "deltas": deltas,
         "search": (state.get("search") or {}).get("summary", {}).get("accuracy"),
         "traces": rows[0]["traces"], "ppm_pairs": rows[0]["ppm_pairs"], "dpo_pairs": rows[0]["dpo_pairs"],
-        "precision": budget.precision, "sft_tokens_per_s": sft.get("tokens_per_s"), "sft_steps": sft.get("steps"), "sft_loss": sft.get("final_loss"),
+        "precision": budget.precision, "sft_tokens_per_s": sft.get("tokens_per_s"), "sft_steps": sft.get("steps"),
+        "sft_loss": sft.get("final_loss"),
         "stage_s": rows[0]["time_s"], "evolve_s": round(evolve_s, 1),
         "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
     }

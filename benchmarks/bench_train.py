@@ -66,8 +66,9 @@ def main(argv=None) -> int:
         report["runs"][prec] = {"tokens_per_s": log["tokens_per_s"], "train_s": round(log["train_s"], 1),
                                 "s_per_step": round(log["train_s"] / max(1, log["steps"]), 1),
                                 "steps": log["steps"], "losses": [round(v, 4) for _, v in log["losses"]]}
-        print(f"  {prec}: {log['tokens_per_s']:.1f} tokens/s, {log['train_s'] / max(1, log['steps']):.1f} s/step, "
-              f"losses {report['runs'][prec]['losses']}", file=sys.stderr, flush=True)
+        run = report["runs"][prec]
+        print(f"  {prec}: {run['tokens_per_s']:.1f} tokens/s, {run['s_per_step']} s/step, losses {run['losses']}",
+              file=sys.stderr, flush=True)
     runs = report["runs"]
     names = list(runs)
     base = runs[names[0]]

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from rstar.errors import DataError, RstarError
+from rstar.train.base import DEFAULT_PRECISION, add_precision_flag
 
 STATE_FILE = "evolve.json"
 STAGES = ("search", "export", "sft", "dpo", "ppm", "eval")
@@ -73,7 +74,7 @@ class Budget:
     ppm_epochs: float | None = None
     ppm_max_steps: int = -1
     save_steps: int = 50
-    precision: str = "auto"              # training arithmetic: rstar.train.base.use_bf16
+    precision: str = DEFAULT_PRECISION   # training arithmetic: rstar.train.base.use_bf16
 
 
 PRESETS: dict[str, Budget] = {
@@ -536,9 +537,7 @@ def register(sub) -> None:
     g.add_argument("--max-steps", type=int, help="SFT optimizer steps at most")
     g.add_argument("--lr", type=float, help="SFT learning rate")
     g.add_argument("--lora-r", type=int, help="LoRA rank")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="training arithmetic: bf16 (bfloat16 matmuls, float32 weights), fp32, or auto (bf16 where "
-                        "the GPU or CPU has fast bf16: AMX-BF16, AVX512-BF16)")
+    add_precision_flag(g, default=None)
     g.add_argument("--dpo", action=_Bool, default=None, help="also run Step-DPO (--no-dpo to turn off)")
     g.add_argument("--no-dpo", dest="dpo", action="store_false", help="no Step-DPO")
     g.add_argument("--ppm-kind", choices=("head", "lm"), help="PPM architecture (head: llama.cpp features)")

@@ -125,7 +125,7 @@ def fast_bf16() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
-def use_bf16(precision: str = "auto") -> bool:
+def use_bf16(precision: str = DEFAULT_PRECISION) -> bool:
     """``precision`` -> train with bfloat16 autocast? ``auto``: where :func:`fast_bf16`. The
     weights and the LoRA adapter stay float32 (mixed precision); only matmuls run in bf16."""
     if precision not in PRECISIONS:
@@ -133,6 +133,14 @@ def use_bf16(precision: str = "auto") -> bool:
     if precision == "auto":
         return fast_bf16()
     return precision == "bf16"
+
+
+def add_precision_flag(p, default: str | None = DEFAULT_PRECISION, scope: str = "") -> None:
+    """The ``--precision`` flag of every trainer (and of ``rstar evolve``, where None keeps the preset's)."""
+    p.add_argument("--precision", choices=PRECISIONS, default=default,
+                   help=f"{scope}training arithmetic: bf16 (bfloat16 matmuls, float32 weights and LoRA adapter), "
+                        "fp32, or auto: bf16 where the GPU or CPU has fast bf16 (AMX-BF16, AVX512-BF16) "
+                        + ("(default %(default)s)" if default else "(default: the preset's)"))
 
 
 def cpu_training_args(precision: str = DEFAULT_PRECISION) -> dict:

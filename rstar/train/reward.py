@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from rstar.errors import DataError
-from rstar.train.base import DEFAULT_PRECISION, PRECISIONS
+from rstar.train.base import DEFAULT_PRECISION, add_precision_flag, cpu_training_args
 from rstar.ppm import (
     FORMAT,
     LinearHead,
@@ -148,7 +148,7 @@ def register(tsub) -> None:
         p.add_argument("--eval-frac", type=float, default=0.1, help="share of problems held out (default 0.1)")
         p.add_argument("--eval-file", default=None, help="held-out records from another file (instead of --eval-frac)")
         p.add_argument("--weight-decay", type=float, default=None, help="default: lm 0.0, head 0.01")
-        p.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="lm: " + "arithmetic: bf16 (mixed precision: bfloat16 matmuls, float32 weights and adapter), fp32, or auto: bf16 where the machine has fast bf16 (a CUDA GPU that supports it, a CPU with AMX-BF16 or AVX512-BF16) (default %(default)s)")
+        add_precision_flag(p, scope="lm: ")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="lm: continue from the last checkpoint in OUT/checkpoints")
         p.add_argument("--overwrite", action="store_true", help="replace an existing trained model in --out")
@@ -355,8 +355,6 @@ def _lora(r: int):
 
 def _training_args(cls, out: Path, *, epochs, lr, batch_size, grad_accum, max_steps, weight_decay, seed,
                    has_eval: bool, progress: bool, precision: str = DEFAULT_PRECISION, **extra):
-    from rstar.train.base import cpu_training_args
-
     return cls(
         output_dir=str(out / "checkpoints"), num_train_epochs=float(epochs or 2), learning_rate=lr or 1e-4,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,

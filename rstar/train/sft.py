@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rstar.errors import DataError, RstarError
-from rstar.train.base import DEFAULT_PRECISION, PRECISIONS
+from rstar.train.base import DEFAULT_PRECISION, add_precision_flag, cpu_training_args
 
 
 class TrainingDiverged(RstarError):
@@ -292,7 +292,7 @@ def common_args(p, *, lr: float, epochs: float, batch: int) -> None:
     g.add_argument("--grad-accum", type=int, default=1, help="steps accumulated per optimizer step")
     g.add_argument("--max-length", type=int, default=2048, help="tokens per example at most (default 2048)")
     g.add_argument("--save-steps", type=int, default=50, help="checkpoint every N optimizer steps (default 50)")
-    g.add_argument("--precision", choices=PRECISIONS, default=DEFAULT_PRECISION, help="arithmetic: bf16 (mixed precision: bfloat16 matmuls, float32 weights and adapter), fp32, or auto: bf16 where the machine has fast bf16 (a CUDA GPU that supports it, a CPU with AMX-BF16 or AVX512-BF16) (default %(default)s)")
+    add_precision_flag(g)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUT/checkpoints")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -308,8 +308,6 @@ def settings_from_args(cls, args):
 
 def training_arguments(out: Path, a: dict, **extra) -> dict:
     """Common TrainingArguments fields (CPU-safe, checkpoints, logging every step)."""
-    from rstar.train.base import cpu_training_args
-
     kw = dict(cpu_training_args(a.get("precision", DEFAULT_PRECISION)))
     kw.update(
         output_dir=str(out / "checkpoints"),
