@@ -28,14 +28,24 @@ def need(what: str, fix: str):
     pytest.skip(message, allow_module_level=True)
 
 
-def need_module(name: str, fix: str):
-    """``import name``, or :func:`need` it (pytest.importorskip would skip in CI too)."""
+# the command that provides each module the tests import
+INSTALL = {
+    "trl": "pip install trl peft (after torch==2.13.0)",
+    "peft": "pip install trl peft (after torch==2.13.0)",
+    "llama_cpp": "pip install llama-cpp-python (.ci/run builds it without AMX)",
+    "torch": "pip install torch==2.13.0",
+}
+
+
+def need_module(name: str, fix: str | None = None):
+    """``import name``, or :func:`need` it (pytest.importorskip would skip in CI too). ``fix``:
+    the install command, by default ``INSTALL[name]`` or ``pip install NAME``."""
     import importlib
 
     try:
         return importlib.import_module(name)
     except ImportError:
-        need(f"the Python module {name}", fix)
+        need(f"the Python module {name}", fix or INSTALL.get(name, f"pip install {name}"))
 
 
 def need_smol() -> Path:

@@ -12,9 +12,9 @@ import pytest
 
 from conftest import need_module, need_smol
 
-need_module("trl", "pip install trl peft (after torch==2.13.0)")
-need_module("peft", "pip install trl peft (after torch==2.13.0)")
-llama_cpp = need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
+need_module("trl")
+need_module("peft")
+llama_cpp = need_module("llama_cpp")
 
 from rstar.adapters import (  # noqa: E402
     AdapterError,

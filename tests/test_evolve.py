@@ -17,9 +17,9 @@ import pytest
 
 from conftest import need_module, need_smol, spawn, tail
 
-need_module("trl", "pip install trl peft (after torch==2.13.0)")
-need_module("peft", "pip install trl peft (after torch==2.13.0)")
-need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
+need_module("trl")
+need_module("peft")
+need_module("llama_cpp")
 
 
 SMOL = need_smol()

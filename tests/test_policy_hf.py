@@ -11,9 +11,9 @@ import pytest
 
 from conftest import need_module
 
-torch = need_module("torch", "pip install torch==2.13.0")
-transformers = need_module("transformers", "pip install transformers")
-need_module("tokenizers", "pip install tokenizers")
+torch = need_module("torch")
+transformers = need_module("transformers")
+need_module("tokenizers")
 
 from rstar.policy import CHATML_TEMPLATE, load_policy  # noqa: E402
 from rstar.policy.hf import HFPolicy  # noqa: E402

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import need_module, need_smol
 
-llama_cpp = need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
+llama_cpp = need_module("llama_cpp")
 
 from rstar.policy import load_policy  # noqa: E402
 from rstar.policy.llamacpp import LlamaCppPolicy  # noqa: E402

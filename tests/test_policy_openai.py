@@ -12,7 +12,7 @@ import pytest
 
 from conftest import need, need_module, smol_path
 
-requests = need_module("requests", "pip install requests")
+requests = need_module("requests")
 
 from rstar.errors import ModelUnavailable  # noqa: E402
 from rstar.policy import load_policy  # noqa: E402
@@ -251,7 +251,7 @@ def test_real_server_eos(remote):
 
 def test_real_server_matches_in_process_greedy(llama_server):
     """Same model, greedy: the HTTP path and the in-process path give the same text."""
-    need_module("llama_cpp", "pip install llama-cpp-python (.ci/run builds it without AMX)")
+    need_module("llama_cpp")
     from rstar.policy.llamacpp import LlamaCppPolicy
 
     # llama_cpp.server applies repeat_penalty=1.1 unless told otherwise; we sample without one

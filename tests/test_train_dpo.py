@@ -11,8 +11,8 @@ import pytest
 
 from conftest import need_module, need_smol
 
-need_module("trl", "pip install trl peft (after torch==2.13.0)")
-need_module("peft", "pip install trl peft (after torch==2.13.0)")
+need_module("trl")
+need_module("peft")
 
 from rstar.errors import DataError  # noqa: E402
 from rstar.train.dpo import DPOSettings, build_dpo_dataset, build_trainer, tokenize_pair, train_dpo  # noqa: E402

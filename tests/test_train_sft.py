@@ -16,8 +16,8 @@ import pytest
 
 from conftest import need_module, need_smol, spawn, tail
 
-need_module("trl", "pip install trl peft (after torch==2.13.0)")
-need_module("peft", "pip install trl peft (after torch==2.13.0)")
+need_module("trl")
+need_module("peft")
 
 from rstar.errors import DataError, RstarError  # noqa: E402
 from rstar.templates import get_template  # noqa: E402
