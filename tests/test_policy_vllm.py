@@ -1,8 +1,10 @@
 """vLLM backend, run for real: vLLM's CPU build (``bash .ci/install_vllm.sh``) on SmolLM2-135M,
 converted from its GGUF with ``rstar.models.ensure_converted`` (vLLM's CPU build cannot read GGUF).
 
-One engine serves the in-process tests (module fixture); the last of them closes it and checks
-that its processes are gone. Then vLLM's own OpenAI server is started once for the HTTP client.
+One engine serves the in-process tests (module fixture): on CPU it is deterministic (engine core
+in this process), so seeded samples must repeat exactly. The last test closes it, then builds
+an engine with ``deterministic=false`` (vLLM's default: engine core and worker in child
+processes) and checks that close() leaves none of them behind. Then vLLM's own OpenAI server is started once for the HTTP client.
 SmolLM2-135M cannot do math: these tests check the backend's behaviour, not answers.
 """
 
@@ -124,6 +126,9 @@ def test_length_and_eos(engine):
 
 
 def test_n_samples_and_per_prompt_seeds(engine):
+    # vLLM repeats seeded samples only when it schedules deterministically: on CPU the backend
+    # builds its engine so by default (the repeats below flipped a token in 4 of 19 calls without)
+    assert engine.deterministic is True
     prompts = [PROMPT_CODE, PROMPT_FACT]
     a = engine.generate(prompts, n=3, max_tokens=20, temperature=1.0, seed=[11, 12])
     assert [len(r) for r in a] == [3, 3]
@@ -185,21 +190,31 @@ def test_prefix_cache_reuses_a_long_shared_prompt(engine):
     assert before["prompt_tokens"] < after["prompt_tokens"]
 
 
-def test_close_stops_the_engine_processes(engine):
-    """Runs last of the in-process tests: close() leaves no process behind and is idempotent."""
-    spawned = set(_descendants(os.getpid()))
-    assert spawned, "vLLM's engine runs in child processes; none found"
+def test_close_stops_the_engine_processes(engine, smol_dir):
+    """Runs last of the in-process tests. close() is idempotent and a closed engine refuses work;
+    an engine in child processes (``deterministic=false``, vLLM's default and ours on a GPU)
+    leaves none of them behind."""
+    from rstar.errors import ModelUnavailable
+    from rstar.policy import load_policy
+
+    before = set(_descendants(os.getpid()))
     engine.close()
+    engine.close()
+    with pytest.raises(ModelUnavailable, match="closed"):
+        engine.generate(["x"], max_tokens=1)
+
+    p = load_policy(f"vllm:{smol_dir}", options={"max_model_len": "2048", "kv_cache_space": "1",
+                                                 "enforce_eager": "true", "deterministic": "false"})
+    spawned = set(_descendants(os.getpid())) - before
+    assert not p.deterministic and spawned, "vLLM's engine core should run in child processes"
+    assert p.generate([PROMPT_FACT], max_tokens=3, temperature=0)[0][0].num_tokens == 3
+    p.close()
     deadline = time.monotonic() + 60
     while (spawned & set(_descendants(os.getpid()))) and time.monotonic() < deadline:
         time.sleep(0.5)
-    left = {p: c for p, c in _descendants(os.getpid()).items() if p in spawned}
+    left = {q: c for q, c in _descendants(os.getpid()).items() if q in spawned}
     assert not left, left
-    engine.close()
-    from rstar.errors import ModelUnavailable
-
-    with pytest.raises(ModelUnavailable, match="closed"):
-        engine.generate(["x"], max_tokens=1)
+    p.close()
 
 
 # ------------------------------------------------------------------ vLLM's own OpenAI server
