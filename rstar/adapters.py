@@ -331,7 +331,7 @@ def trained_policy_spec(directory: str | Path, backend: str | None = None) -> tu
         p = Path(v)
         return p if p.is_absolute() else d / p
 
-    base, gguf_adapter, hf_adapter, merged = card["base"], rel("adapter_gguf"), rel("adapter_hf"), rel("merged")
+    base, gguf_adapter, merged = card["base"], rel("adapter_gguf"), rel("merged")
     if backend is None:
         backend = "llamacpp" if gguf_adapter is not None else "hf"
     if backend == "llamacpp":
