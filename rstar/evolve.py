@@ -61,7 +61,8 @@ class Budget:
     sft_epochs: float = 2.0
     sft_max_steps: int = -1
     sft_lr: float = 1e-4
-    sft_batch: int = 4
+    sft_batch: int = 4                   # examples per optimizer step ...
+    sft_micro_batch: int | None = None   # ... taken this many at a time (None: all at once; CPU presets: 1)
     lora_r: int = 16
     max_length: int = 2048
     dpo: bool = False
@@ -83,8 +84,9 @@ PRESETS: dict[str, Budget] = {
                    sft_epochs=1.0, sft_max_steps=3, sft_batch=2, lora_r=4, max_length=768, dpo=False,
                    dpo_max_steps=2, ppm_epochs=30, ppm_max_steps=3, save_steps=1),
     # the built-in 1.5B model on two CPU cores: hours for 100 problems
-    "cpu": Budget(problems=100, eval_problems=50, sft_epochs=2.0, sft_lr=1e-4, sft_batch=4, lora_r=16,
-                  max_length=1536, dpo=False, ppm_kind="head", save_steps=25),
+    # sft_micro_batch 1: four examples at once (padded to ~1,500 tokens) took all 24 GiB (OOM-killed)
+    "cpu": Budget(problems=100, eval_problems=50, sft_epochs=2.0, sft_lr=1e-4, sft_batch=4, sft_micro_batch=1,
+                  lora_r=16, max_length=1536, dpo=False, ppm_kind="head", save_steps=25),
     # rStar-Math's published settings (GPU): 16-rollout generation (8 in round 1), eval with 12 rollouts x 32
     # children; SFT 2 epochs (the paper fine-tunes fully at lr 7e-6; LoRA needs a larger rate); PPM as an LM
     "paper": Budget(problems=None, eval_problems=None, search_preset="rstar-generate", eval_preset="rstar-eval",
@@ -276,10 +278,12 @@ class Evolve:
             return {"status": "skipped", "reason": "no verified traces"}
         b = self.b
         out = self.rdir(k) / "sft"
+        micro = min(b.sft_micro_batch or b.sft_batch, b.sft_batch)
         log = train_sft(SFTSettings(
             data=str(self.rdir(k) / "data" / "sft.jsonl"), out=str(out), base=self.cfg.model,
             template=self.cfg.template, epochs=b.sft_epochs, max_steps=b.sft_max_steps, lr=b.sft_lr,
-            batch_size=b.sft_batch, max_length=b.max_length, save_steps=b.save_steps, lora_r=b.lora_r,
+            batch_size=micro, grad_accum=max(1, b.sft_batch // micro),
+            max_length=b.max_length, save_steps=b.save_steps, lora_r=b.lora_r,
             lora_alpha=2 * b.lora_r, seed=self.cfg.seed, resume=True, no_progress=not self.cfg.progress,
             precision=b.precision))
         self.state.round(k)["policy_out"] = str(out)

@@ -40,8 +40,8 @@ def trained(tmp_path_factory):
     data = d / "sft.jsonl"
     data.write_text(json.dumps({"prompt": PROMPT, "completion": TAUGHT}) + "\n")
     out = d / "out"
-    train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), max_steps=30, batch_size=1, lr=3e-3,
-                          lora_r=8, lora_alpha=16, save_steps=100, no_progress=True))
+    train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), max_steps=30, batch_size=1, grad_accum=1,
+                          lr=3e-3, lora_r=8, lora_alpha=16, save_steps=100, no_progress=True))
     return out
 
 

@@ -128,7 +128,8 @@ def test_train_writes_policy_and_log(tmp_path):
     data = write_data(tmp_path / "sft.jsonl")
     out = tmp_path / "out"
     log = train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=3,
-                                batch_size=2, lr=1e-3, lora_r=4, lora_alpha=8, save_steps=2, no_progress=True))
+                                batch_size=2, grad_accum=1, lr=1e-3, lora_r=4, lora_alpha=8, save_steps=2,
+                                no_progress=True))
     assert log["steps"] == 3 and log["examples"] == 4 and log["tokens_per_s"] > 0
     assert len(log["losses"]) == 3 and all(v > 0 for _, v in log["losses"])
     card = json.loads((out / "rstar_model.json").read_text())
@@ -146,7 +147,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     data = write_data(tmp_path / "sft.jsonl", n=8)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base", str(SMOL),
-           "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1",
+           "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1", "--grad-accum", "1",
            "--lora-r", "4", "--no-progress"]
     proc = spawn(cmd, tmp_path / "train.log", start_new_session=True)
     try:
@@ -169,7 +170,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
 
             shutil.rmtree(p)
     log = train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar",
-                                max_steps=done[-1] + 2, save_steps=2, batch_size=1, lora_r=4, resume=True,
+                                max_steps=done[-1] + 2, save_steps=2, batch_size=1, grad_accum=1, lora_r=4, resume=True,
                                 no_progress=True))
     assert log["steps"] == done[-1] + 2
     assert [s for s, _ in log["losses"]] == [done[-1] + 1, done[-1] + 2]  # only the remaining steps ran
@@ -182,7 +183,7 @@ def test_divergence_stops_and_saves_nothing_after_it(tmp_path):
     # an infinite learning rate poisons the weights at the first update
     with pytest.raises(TrainingDiverged, match=r"diverged at step 1 \((loss|grad_norm|weights) = (nan|inf)") as info:
         train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=4,
-                              batch_size=2, lr=float("inf"), save_steps=1, lora_r=4, no_progress=True))
+                              batch_size=2, grad_accum=1, lr=float("inf"), save_steps=1, lora_r=4, no_progress=True))
     assert "no checkpoint was written before it" in str(info.value) and "--lr" in str(info.value)
     assert not list((out / "checkpoints").glob("checkpoint-*"))  # the poisoned step was not saved
     assert not (out / "rstar_model.json").exists()
@@ -221,7 +222,7 @@ def test_bf16_training_autocasts_and_keeps_a_float32_adapter(tmp_path):
     logs = {}
     for prec in ("fp32", "bf16"):
         logs[prec] = train_sft(SFTSettings(data=str(data), out=str(tmp_path / prec), base=str(SMOL),
-                                           template="rstar", max_steps=2, batch_size=2, lr=1e-3, lora_r=4,
+                                           template="rstar", max_steps=2, batch_size=2, grad_accum=1, lr=1e-3, lora_r=4,
                                            lora_alpha=8, save_steps=2, no_progress=True, precision=prec))
         args = torch.load(tmp_path / prec / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
         assert args.bf16 is (prec == "bf16")
@@ -231,3 +232,19 @@ def test_bf16_training_autocasts_and_keeps_a_float32_adapter(tmp_path):
     assert len(f32) == len(b16) == 2
     # same weights, same batches: bf16 matmuls move the first loss by rounding only
     assert b16[0] == pytest.approx(f32[0], rel=0.05) and b16[0] != f32[0]
+
+
+def test_cli_defaults_take_an_optimizer_step_of_four_examples_one_at_a_time(tmp_path):
+    """`rstar train sft` without batch flags: 4 examples an optimizer step, one per forward/backward
+    pass (four at once, padded, took all 24 GiB with the built-in 1.5B model on a CPU)."""
+    import torch
+
+    data = write_data(tmp_path / "sft.jsonl", n=8)
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base",
+                    str(SMOL), "--template", "rstar", "--max-steps", "1", "--save-steps", "1", "--lora-r", "4",
+                    "--no-progress"], check=True, capture_output=True, timeout=900)
+    args = torch.load(out / "checkpoints" / "checkpoint-1" / "training_args.bin", weights_only=False)
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (1, 4)
+    state = json.loads((out / "checkpoints" / "checkpoint-1" / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and state["epoch"] == pytest.approx(0.5)  # 4 of the 8 examples
