@@ -3,7 +3,9 @@ peak memory, start-up time.
 
 Backends (``--backends``, comma-separated): ``llamacpp`` (in process, the GGUF), ``llamacpp_server``
 (``python -m llama_cpp.server`` + the OpenAI client), ``hf`` (transformers), ``vllm`` (offline
-engine), ``vllm_server`` (``python -m vllm.entrypoints.openai.api_server`` + the OpenAI client).
+engine: the backend's default, in this process on CPU), ``vllm_mp`` (the same engine in child processes,
+vLLM's default, ``deterministic=false``), ``vllm_server`` (``python -m vllm.entrypoints.openai.api_server``
++ the OpenAI client).
 The model is the built-in one (``--model default``) or any GGUF; transformers and vLLM load it
 converted to a model directory (``rstar model convert``, cached; the conversion is not timed).
 
@@ -37,7 +39,7 @@ import time
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_train.jsonl"
-BACKENDS = ("llamacpp", "llamacpp_server", "hf", "vllm", "vllm_server")
+BACKENDS = ("llamacpp", "llamacpp_server", "hf", "vllm", "vllm_mp", "vllm_server")
 
 
 # ------------------------------------------------------------------ worker (one backend)
@@ -73,14 +75,17 @@ def start_backend(name: str, gguf: Path, args):
     threads = args.threads
     if name == "llamacpp":
         return load_policy(str(gguf), options={"n_threads": threads, "n_ctx": 4096}), None
-    if name in ("hf", "vllm", "vllm_server"):
+    if name in ("hf", "vllm", "vllm_mp", "vllm_server"):
         from rstar.models import ensure_converted
 
         model_dir, _ = ensure_converted(gguf, progress=True)
     if name == "hf":
         return load_policy(f"hf:{model_dir}", options={"n_threads": threads}), None
-    if name == "vllm":
-        return load_policy(f"vllm:{model_dir}", options={"max_model_len": 4096, "kv_cache_space": 4}), None
+    if name in ("vllm", "vllm_mp"):
+        opts = {"max_model_len": 4096, "kv_cache_space": 4}
+        if name == "vllm_mp":
+            opts["deterministic"] = False  # vLLM's default; "vllm" keeps the backend's (in process on CPU)
+        return load_policy(f"vllm:{model_dir}", options=opts), None
     port = _free_port()
     log = Path(tempfile.mkdtemp(prefix="bench_server.")) / "server.log"
     if name == "llamacpp_server":
