@@ -10,7 +10,8 @@ order; ``text`` never holds a stop string; ``stop`` is the stop string hit or No
 ``finish_reason == "stop"`` exactly when it is set; ``"length"`` means ``max_tokens`` tokens;
 ``num_tokens`` is within 1..max_tokens; ``logprob_sum`` is a finite negative float (None only
 where the backend cannot give it: llama.cpp's server, which is read as a stream); per-prompt
-seeds repeat.
+seeds repeat, except on vLLM's server (NOT_REPEATABLE: vLLM documents that its online API
+cannot schedule deterministically; a seeded call there gave other text in one full test run).
 
 Greedy agreement with llama.cpp in process (the reference): the first generated token (the
 reference tokenizer's first token of each text) must agree on at least AGREE_FIRST (75%) of the
@@ -45,6 +46,10 @@ PROMPTS = [
 ]
 STOPS = ["\n\n", "```", "."]
 BACKENDS = ["llamacpp", "llamacpp_server", "hf", "vllm", "vllm_server"]
+# seeded samples repeat only where the engine schedules deterministically; vLLM's OpenAI server
+# runs its engine in another process and batches requests as they arrive (vLLM's reproducibility
+# page: the online API does not support it). vLLM in process does (rstar.policy.vllm, deterministic).
+NOT_REPEATABLE = {"vllm_server"}
 
 
 def _smol():
@@ -143,6 +148,8 @@ def test_sampled_completions_have_one_structure(backend):
         for c in row:
             _check(c, STOPS, 24, _has_logprobs(name, policy))
     assert any(c.stop is not None for r in rows for c in r), "no stop string was hit at all"
+    if name in NOT_REPEATABLE:
+        return
     again = policy.generate(PROMPTS, n=2, stop=STOPS, max_tokens=24, temperature=0.8,
                             seed=list(range(100, 100 + len(PROMPTS))))
     assert [[c.text for c in r] for r in rows] == [[c.text for c in r] for r in again]

@@ -252,8 +252,8 @@ def test_openai_client_against_vllm_server(vllm_server):
         rows = p.generate([PROMPT_CODE, PROMPT_FACT], n=3, max_tokens=16, temperature=1.0, seed=[7, 8])
         assert p.stats["requests"] - n_before == 2  # n honoured in one request per prompt
         assert [len(r) for r in rows] == [3, 3] and len({c.text for c in rows[0]}) > 1
-        again = p.generate([PROMPT_CODE, PROMPT_FACT], n=3, max_tokens=16, temperature=1.0, seed=[7, 8])
-        assert [[c.text for c in r] for r in rows] == [[c.text for c in r] for r in again]
+        # no repeat check: vLLM's online API does not schedule deterministically (its reproducibility
+        # page), and a seeded call there did give other text in a full test run (test_backend_contract)
         c = p.generate([PROMPT_CODE], max_tokens=5, temperature=0)[0][0]
         assert c.finish_reason == "length" and c.num_tokens == 5
     finally:
