@@ -206,6 +206,9 @@ def test_options_checked_per_backend_with_the_valid_names():
         {"enforce_eager": True, "tensor_parallel_size": 2}
     assert check_options("openai", {"max_concurrency": 3, "timeout": "30"}) == {"concurrency": 3, "timeout": 30.0}
     assert check_options("hf", {"device": "cpu", "batch_size": 4.0}) == {"device": "cpu", "batch_size": 4}
+    assert check_options("vllm", {"deterministic": "false"}) == {"deterministic": False}
+    with pytest.raises(BackendOptionError, match="'deterministic' for llamacpp"):  # vLLM's alone
+        check_options("llamacpp", {"deterministic": True})
     with pytest.raises(BackendOptionError) as e:
         check_options("llamacpp", {"enforce_eager": True})
     msg = str(e.value)

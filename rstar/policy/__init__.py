@@ -70,8 +70,6 @@ BACKEND_OPTIONS: dict[str, dict[str, tuple[type, str]]] = {
         "n_gpu_layers": (int, "layers offloaded to the GPU (-1: all)"),
         "lora_path": (str, "a GGUF LoRA adapter applied at load time"),
         "seed": (int, "the engine's seed"),
-        "deterministic": (bool, "engine in this process, so seeded samples repeat exactly "
-                                "(default: true on CPU, false on GPU)"),
         "min_p": (float, "min-p sampling"),
         "repeat_penalty": (float, "repetition penalty (1.0: off)"),
         **_SAMPLING,
