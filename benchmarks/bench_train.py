@@ -60,9 +60,9 @@ def main(argv=None) -> int:
     for prec in a.precisions.split(","):
         print(f"training {a.steps} steps in {prec} ...", file=sys.stderr, flush=True)
         log = train_sft(SFTSettings(data=str(data), out=str(work / prec), base=a.base, max_steps=a.steps,
-                                    batch_size=a.batch, grad_accum=1, max_length=a.max_length, lora_r=a.lora_r,
-                                    lora_alpha=2 * a.lora_r, save_steps=10**6, seed=0, no_progress=True,
-                                    precision=prec))
+                                    batch_size=a.batch, grad_accum=1, max_length=a.max_length,
+                                    lora_r=a.lora_r, lora_alpha=2 * a.lora_r, save_steps=10**6, seed=0,
+                                    no_progress=True, precision=prec))
         report["runs"][prec] = {"tokens_per_s": log["tokens_per_s"], "train_s": round(log["train_s"], 1),
                                 "s_per_step": round(log["train_s"] / max(1, log["steps"]), 1),
                                 "steps": log["steps"], "losses": [round(v, 4) for _, v in log["losses"]]}

@@ -4,7 +4,8 @@ converted from its GGUF with ``rstar.models.ensure_converted`` (vLLM's CPU build
 One engine serves the in-process tests (module fixture): on CPU it is deterministic (engine core
 in this process), so seeded samples must repeat exactly. The last test closes it, then builds
 an engine with ``deterministic=false`` (vLLM's default: engine core and worker in child
-processes) and checks that close() leaves none of them behind. Then vLLM's own OpenAI server is started once for the HTTP client.
+processes) and checks that close() leaves none of them behind. Then vLLM's own OpenAI server
+is started once for the HTTP client.
 SmolLM2-135M cannot do math: these tests check the backend's behaviour, not answers.
 """
 

@@ -147,8 +147,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     data = write_data(tmp_path / "sft.jsonl", n=8)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base", str(SMOL),
-           "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1", "--grad-accum", "1",
-           "--lora-r", "4", "--no-progress"]
+           "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1",
+           "--grad-accum", "1", "--lora-r", "4", "--no-progress"]
     proc = spawn(cmd, tmp_path / "train.log", start_new_session=True)
     try:
         deadline = time.monotonic() + 600
@@ -170,8 +170,8 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
 
             shutil.rmtree(p)
     log = train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar",
-                                max_steps=done[-1] + 2, save_steps=2, batch_size=1, grad_accum=1, lora_r=4, resume=True,
-                                no_progress=True))
+                                max_steps=done[-1] + 2, save_steps=2, batch_size=1, grad_accum=1, lora_r=4,
+                                resume=True, no_progress=True))
     assert log["steps"] == done[-1] + 2
     assert [s for s, _ in log["losses"]] == [done[-1] + 1, done[-1] + 2]  # only the remaining steps ran
     assert (out / "rstar_model.json").is_file()
@@ -183,7 +183,8 @@ def test_divergence_stops_and_saves_nothing_after_it(tmp_path):
     # an infinite learning rate poisons the weights at the first update
     with pytest.raises(TrainingDiverged, match=r"diverged at step 1 \((loss|grad_norm|weights) = (nan|inf)") as info:
         train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=4,
-                              batch_size=2, grad_accum=1, lr=float("inf"), save_steps=1, lora_r=4, no_progress=True))
+                              batch_size=2, grad_accum=1, lr=float("inf"), save_steps=1, lora_r=4,
+                              no_progress=True))
     assert "no checkpoint was written before it" in str(info.value) and "--lr" in str(info.value)
     assert not list((out / "checkpoints").glob("checkpoint-*"))  # the poisoned step was not saved
     assert not (out / "rstar_model.json").exists()
@@ -222,8 +223,8 @@ def test_bf16_training_autocasts_and_keeps_a_float32_adapter(tmp_path):
     logs = {}
     for prec in ("fp32", "bf16"):
         logs[prec] = train_sft(SFTSettings(data=str(data), out=str(tmp_path / prec), base=str(SMOL),
-                                           template="rstar", max_steps=2, batch_size=2, grad_accum=1, lr=1e-3, lora_r=4,
-                                           lora_alpha=8, save_steps=2, no_progress=True, precision=prec))
+                                           template="rstar", max_steps=2, batch_size=2, grad_accum=1, lr=1e-3,
+                                           lora_r=4, lora_alpha=8, save_steps=2, no_progress=True, precision=prec))
         args = torch.load(tmp_path / prec / "checkpoints" / "checkpoint-2" / "training_args.bin", weights_only=False)
         assert args.bf16 is (prec == "bf16")
     with safe_open(str(tmp_path / "bf16" / "adapter" / "adapter_model.safetensors"), "pt") as f:

@@ -373,8 +373,10 @@ class SFTSettings:
     epochs: float = 2.0
     max_steps: int = -1
     lr: float = 1e-4
-    batch_size: int = 1                  # examples per forward/backward pass (memory)
-    grad_accum: int = 4                  # passes per optimizer step: 4 examples a step
+    # 4 examples an optimizer step, one per forward/backward pass: 4 at once (padded to ~1,500 tokens) took
+    # all 24 GiB of a CPU machine with the built-in 1.5B model (activations, 151k-wide logits; OOM-killed)
+    batch_size: int = 1
+    grad_accum: int = 4
     max_length: int = 2048
     save_steps: int = 50
     lora_r: int = 16
@@ -455,9 +457,8 @@ def register(tsub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--template", default="default",
                    help="step template whose output blocks are masked when a record has no mask_spans")
-    # 4 examples an optimizer step, one at a time: with 4 at once (padded to ~1,500 tokens) the built-in
-    # 1.5B model's activations and 151k-wide logits took all 24 GiB of a CPU machine (killed by the OOM killer)
-    common_args(p, lr=1e-4, epochs=2.0, batch=1, grad_accum=4)
+    d = SFTSettings
+    common_args(p, lr=d.lr, epochs=d.epochs, batch=d.batch_size, grad_accum=d.grad_accum)
     p.set_defaults(func=cmd_sft)
 
 
