@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from rstar.errors import ModelUnavailable, RstarError
-from rstar.policy.base import CHATML_TEMPLATE, Completion, Policy, render_chat_template, split_at_stop
+from rstar.policy.base import CHATML_TEMPLATE, Completion, NodeRef, Policy, render_chat_template, split_at_stop
 from rstar.policy.scripted import ScriptedPolicy
 
 BACKENDS = ("llamacpp", "hf", "vllm", "openai")
@@ -311,7 +311,7 @@ def load_policy(spec: str = "default", options: Mapping[str, Any] | None = None,
 
 
 __all__ = [
-    "BACKENDS", "BACKEND_OPTIONS", "BackendOptionError", "CHATML_TEMPLATE", "Completion", "Policy",
+    "BACKENDS", "BACKEND_OPTIONS", "BackendOptionError", "CHATML_TEMPLATE", "Completion", "NodeRef", "Policy",
     "ScriptedPolicy", "check_options", "load_policy", "parse_backend_options", "parse_spec",
     "render_chat_template", "split_at_stop",
 ]

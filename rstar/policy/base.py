@@ -6,7 +6,9 @@ import abc
 import dataclasses
 import datetime
 import random
-from typing import Any, Iterable, Sequence
+import threading
+from concurrent.futures import Future
+from typing import Any, Iterable, NamedTuple, Sequence
 
 FINISH_REASONS = ("stop", "length", "eos")
 
@@ -87,6 +89,21 @@ def sample_seed(seed: "int | Sequence[int] | None", prompt_index: int, sample_in
     return (int(seed) * 1_000_003 + prompt_index * 7_919 + sample_index) % (2**31 - 1)
 
 
+class NodeRef(NamedTuple):
+    """Which search node a request expands, so an engine can keep the model's state per node.
+
+    tree: the tree's key (the same key the sandbox uses for the tree's interpreter states).
+    node: local id (creation order within the tree, root = 0) of the node being expanded:
+        the request's prompt ends with that node's shown step.
+    parent: local id of that node's parent (None for the root), whose request's prompt is
+        a prefix of this one plus the parent's own step.
+    """
+
+    tree: str
+    node: int
+    parent: int | None
+
+
 class Policy(abc.ABC):
     """A language model that continues prompts. Backends subclass this."""
 
@@ -110,8 +127,34 @@ class Policy(abc.ABC):
         max_tokens: int = 256,
         temperature: float = 0.7,
         seed: "int | Sequence[int] | None" = None,
+        nodes: "Sequence[NodeRef] | None" = None,
     ) -> list[list[Completion]]:
-        """Per prompt (in order), ``n`` completions. ``seed``: see :func:`sample_seed`."""
+        """Per prompt (in order), ``n`` completions. ``seed``: see :func:`sample_seed`.
+        ``nodes``: one :class:`NodeRef` per prompt, or None; a hint only (an engine may keep
+        and fork a node's model state with it), never a change to what is sampled."""
+
+    # ------------------------------------------------------------------ asynchronous use
+    def submit(self, prompt: str, n: int = 1, stop: Sequence[str] = (), max_tokens: int = 256,
+               temperature: float = 0.7, seed: int | None = None,
+               node: NodeRef | None = None) -> "Future[list[Completion]]":
+        """Start generating ``n`` completions of one prompt; the future resolves to them as soon
+        as they are done. A backend with an asynchronous engine overrides this; the default
+        gathers the requests submitted while the model is busy into one :meth:`generate`
+        call (same seeds, so the same completions as a direct call)."""
+        with _BATCHER_LOCK:
+            batcher = self.__dict__.get("_batcher")
+            if batcher is None:
+                batcher = self.__dict__["_batcher"] = _Batcher(self)
+        return batcher.submit(prompt, n, tuple(stop), max_tokens, temperature, seed, node)
+
+    def capacity(self) -> int:
+        """How many sequences the engine decodes well at once (its batch), for sizing how many
+        requests the search keeps in flight. One for a backend that decodes one at a time."""
+        return int(self.preferred_concurrency or 1)
+
+    def forget(self, tree: str, nodes: Iterable[int] | None = None) -> None:
+        """Hint: the search will not expand these nodes of ``tree`` again (all of them when
+        ``nodes`` is None); an engine keeping per-node state may drop it first."""
 
     def close(self) -> None:
         """Release the model (memory, connections, server handles). Idempotent."""
@@ -175,3 +218,55 @@ def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
     import json
 
     return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+_BATCHER_LOCK = threading.Lock()
+
+
+class _Batcher:
+    """The default :meth:`Policy.submit`: one thread takes every request waiting when the
+    model becomes free and serves requests of one shape (n, stop, max_tokens, temperature)
+    with one :meth:`Policy.generate` call, one seed per prompt."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.cond = threading.Condition()
+        self.queue: list[tuple] = []
+        self.thread: threading.Thread | None = None
+
+    def submit(self, prompt, n, stop, max_tokens, temperature, seed, node) -> Future:
+        fut: Future = Future()
+        with self.cond:
+            self.queue.append((prompt, n, stop, max_tokens, temperature, seed, node, fut))
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="rstar-batcher", daemon=True)
+                self.thread.start()
+            self.cond.notify()
+        return fut
+
+    def _loop(self) -> None:
+        while True:
+            with self.cond:
+                if not self.queue and not self.cond.wait(timeout=5.0) and not self.queue:
+                    self.thread = None  # idle: a later submit starts a new thread
+                    return
+                batch, self.queue = self.queue, []
+            groups: dict[tuple, list[tuple]] = {}
+            for req in batch:
+                groups.setdefault(req[1:5], []).append(req)
+            for (n, stop, max_tokens, temperature), reqs in groups.items():
+                live = [r for r in reqs if r[7].set_running_or_notify_cancel()]
+                if not live:
+                    continue
+                seeds = None if any(r[5] is None for r in live) else [int(r[5]) for r in live]
+                nodes = [r[6] for r in live] if all(r[6] is not None for r in live) else None
+                try:
+                    kwargs = {"nodes": nodes} if nodes is not None else {}
+                    out = self.policy.generate([r[0] for r in live], n=n, stop=list(stop), max_tokens=max_tokens,
+                                               temperature=temperature, seed=seeds, **kwargs)
+                except BaseException as exc:  # every waiting caller learns of it
+                    for r in live:
+                        r[7].set_exception(exc)
+                    continue
+                for r, comps in zip(live, out):
+                    r[7].set_result(comps)

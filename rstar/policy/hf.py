@@ -106,7 +106,7 @@ class HFPolicy(Policy):
         mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in ids], dtype=torch.long)
         return input_ids.to(self.device), mask.to(self.device)
 
-    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None):
+    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None, nodes=None):
         stops = normalize_stop(stop)
         out: list[list[Completion]] = []
         # torch's generator is seeded once per batch: with one seed per prompt, each prompt

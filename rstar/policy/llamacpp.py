@@ -154,6 +154,7 @@ class LlamaCppPolicy(Policy):
         max_tokens: int = 256,
         temperature: float = 0.7,
         seed: int | None = None,
+        nodes=None,
     ) -> list[list[Completion]]:
         stops = normalize_stop(stop)
         out: list[list[Completion | None]] = [[None] * n for _ in prompts]

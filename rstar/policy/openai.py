@@ -196,7 +196,7 @@ class OpenAIPolicy(Policy):
             self.stop_mode = "server" if server_reports else "stream"
         return self.stop_mode
 
-    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None):
+    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None, nodes=None):
         stops = normalize_stop(stop)
         if not prompts or n <= 0:
             return [[] for _ in prompts]

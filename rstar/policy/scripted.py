@@ -86,7 +86,7 @@ class ScriptedPolicy(Policy):
             raise ValueError("the script returned no text")
         return [got[k % len(got)] for k in range(n)]
 
-    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None):
+    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None, nodes=None):
         stops = normalize_stop(stop)
         with self._lock:
             self.calls += 1

@@ -197,7 +197,7 @@ class VLLMPolicy(Policy):
             include_stop_str_in_output=False, seed=seed,
             logprobs=0 if self.logprobs else None, **self.sampling)
 
-    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None):
+    def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None, nodes=None):
         stops = normalize_stop(stop)
         if not prompts or n <= 0:
             return [[] for _ in prompts]
