@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import random
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any, Iterable, NamedTuple, Sequence
 
@@ -152,6 +153,19 @@ class Policy(abc.ABC):
         requests the search keeps in flight. One for a backend that decodes one at a time."""
         return int(self.preferred_concurrency or 1)
 
+    def stats(self) -> dict:
+        """Counters of the engine's work since it was built, for busy fraction and batch occupancy:
+        ``busy_s`` (wall seconds with at least one sequence being decoded or prefilled),
+        ``decode_steps`` (engine steps), ``sequences_decoded`` (sum over steps of the sequences
+        in the step; / decode_steps = batch occupancy), ``prompt_tokens`` (prompt tokens sent),
+        ``prompt_tokens_computed`` (of those, evaluated rather than served from a cache),
+        ``generated_tokens``. A backend that cannot count one leaves it None. The default
+        counts what the :meth:`submit` batcher sees (each generate call one step)."""
+        b = self.__dict__.get("_batcher")
+        return {"busy_s": b.busy_s if b else 0.0, "decode_steps": b.calls if b else 0,
+                "sequences_decoded": b.sequences if b else 0, "prompt_tokens": None,
+                "prompt_tokens_computed": None, "generated_tokens": b.generated if b else 0}
+
     def forget(self, tree: str, nodes: Iterable[int] | None = None) -> None:
         """Hint: the search will not expand these nodes of ``tree`` again (all of them when
         ``nodes`` is None); an engine keeping per-node state may drop it first."""
@@ -233,6 +247,10 @@ class _Batcher:
         self.cond = threading.Condition()
         self.queue: list[tuple] = []
         self.thread: threading.Thread | None = None
+        self.busy_s = 0.0
+        self.calls = 0
+        self.sequences = 0
+        self.generated = 0
 
     def submit(self, prompt, n, stop, max_tokens, temperature, seed, node) -> Future:
         fut: Future = Future()
@@ -260,6 +278,7 @@ class _Batcher:
                     continue
                 seeds = None if any(r[5] is None for r in live) else [int(r[5]) for r in live]
                 nodes = [r[6] for r in live] if all(r[6] is not None for r in live) else None
+                t0 = time.perf_counter()
                 try:
                     kwargs = {"nodes": nodes} if nodes is not None else {}
                     out = self.policy.generate([r[0] for r in live], n=n, stop=list(stop), max_tokens=max_tokens,
@@ -268,5 +287,10 @@ class _Batcher:
                     for r in live:
                         r[7].set_exception(exc)
                     continue
+                finally:
+                    self.busy_s += time.perf_counter() - t0
+                self.calls += 1
+                self.sequences += len(live) * n
+                self.generated += sum(int(c.num_tokens or 0) for comps in out for c in comps)
                 for r, comps in zip(live, out):
                     r[7].set_result(comps)
