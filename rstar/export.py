@@ -4,21 +4,39 @@ Pure functions of one trace record (read through ``rstar.trace``), one per kind:
 
 * ``sft_records``: per problem the top-k (2) correct traces by mean Q, then min Q;
   traces through a failed step are left out (rStar-Math's SFT data);
-* ``ppm_pairs``: at every node with both correct and wrong endings below it, the 2
-  children with the highest Q that lead to a correct answer are chosen, the 2 with the
-  lowest Q that lead only to wrong endings are rejected (4 on a side when the other side
-  has one); a pair is kept when its Q margin is at least ``min_margin`` (0.5) and the
-  two steps differ by an edit distance of at least ``min_edit`` (20). Each kept pair
-  carries ``weight`` = 1 / (pairs kept at that node): rStar's 1/(pos*neg) average;
+* ``ppm_pairs``: two kinds of pairs, marked ``"kind"``:
+
+  - ``"step"``: at every node with both correct and wrong endings below it, the 2
+    children with the highest Q that lead to a correct answer are chosen, the 2 with the
+    lowest Q that lead only to wrong endings are rejected (4 on a side when the other side
+    has one); a pair is kept when its Q margin is at least ``min_margin`` (0.5) and the
+    two steps differ by an edit distance of at least ``min_edit`` (20). Each kept pair
+    carries ``weight`` = 1 / (pairs kept at that node): rStar's 1/(pos*neg) average;
+  - ``"solution"``: per problem, the ``per_side`` (2) correct finished solutions with the
+    highest mean Q against the ``per_side`` wrong finished solutions with the lowest mean Q
+    (rStar-Math's final-answer pairs: the comparison a PPM makes when it picks an answer).
+    ``prompt`` is the question's prompt, ``chosen``/``rejected`` the whole shown solutions;
+    the label comes from the gold grade, so no Q margin is asked, only ``min_edit``;
 * ``step_dpo_pairs``: at every node on a correct path (a correct ending below it), each
   child that is a first wrong step (its code failed, or every ending below it is wrong)
   is rejected against the correct-leading sibling with the highest Q;
 * ``value_records``: every visited step with its Q (AlphaMath's value targets).
 
+**Cut steps** (a step that did not parse, whose code raised, timed out, ran out of memory
+or broke the sandbox, cut at the token limit or at the depth limit: ``kind == "invalid"``
+for any reason but ``no_answer``) were never scored by the search: they are cut before a
+scorer sees them, so they are no PPM pair and no value target (``export.json`` counts them
+as ``cut_steps``). Nor do they label their ancestors: the endings that make a step correct
+or wrong are its finished descendants only, and the Q read for PPM pairs, SFT ranking and
+value targets is the tree's Q with the cut descendants' back-ups (-1 each) taken out
+(``clean_q``). A step whose only endings were crashes has no label and is left out.
+Step-DPO keeps failed steps as rejected ones: it teaches the policy, which wrote them.
+
 Every record carries provenance: ``run``, ``problem`` (id), ``nodes`` (local node ids).
-Texts are as the policy saw them: ``prompt`` is ``rstar.trace.node_prompt``, steps are
-``shown`` texts (PPM, values, SFT: what a scorer reads) or ``text`` (Step-DPO: what the
-policy wrote).
+Texts are as the scorer read them: ``prompt`` is ``rstar.trace.node_prompt`` (for MCTSr's
+whole-solution nodes, the question's prompt: the search scores ``prompt + shown``, not the
+critique-and-rewrite prompt that wrote the node), steps are ``shown`` texts (PPM, values,
+SFT: what a scorer reads) or ``text`` (Step-DPO: what the policy wrote).
 """
 
 from __future__ import annotations
@@ -59,17 +77,109 @@ def _base(record: dict, run: str, node_ids: list[int]) -> dict:
     return {"run": run, "problem": record.get("id"), "nodes": node_ids}
 
 
+# ---------------------------------------------------------------- cut steps and clean labels
+
+def is_cut(node: dict) -> bool:
+    """A step the search cut before any scorer saw it: parse error, failed code, sandbox error,
+    token or depth limit (not a finished solution without an answer: that one the policy ended)."""
+    return node.get("kind") == trace.KIND_INVALID and node.get("status") != "no_answer"
+
+
+def cut_steps(record: dict) -> list[int]:
+    return [n["id"] for n in trace.nodes(record)[1:] if is_cut(n)]
+
+
+def clean_outcomes(record: dict) -> list[trace.Outcome]:
+    """``trace.outcomes`` with cut steps counting as no ending: a crashed sample does not make
+    its ancestors wrong."""
+    ns = trace.nodes(record)
+    correct = [0] * len(ns)
+    wrong = [0] * len(ns)
+    for n in reversed(ns):
+        i = n["id"]
+        e = None if is_cut(n) else trace.ending(n)
+        if e is True:
+            correct[i] += 1
+        elif e is False:
+            wrong[i] += 1
+        p = n["parent"]
+        if p >= 0:
+            correct[p] += correct[i]
+            wrong[p] += wrong[i]
+    return [trace.Outcome(c, w) for c, w in zip(correct, wrong)]
+
+
+def clean_q(record: dict) -> list[float | None]:
+    """Per node, Q with the back-ups of its cut descendants taken out: (W - W_cut) / (N - N_cut),
+    ``None`` for a cut step or a node whose every visit came from cut descendants. A node
+    with no cut descendant keeps the tree's Q as saved. Back-ups add along the whole path
+    (MCTS, PUCT), so each cut node's W = Q * N is in every ancestor's W."""
+    ns = trace.nodes(record)
+    cut_w = [0.0] * len(ns)
+    cut_n = [0] * len(ns)
+    has_cut = [False] * len(ns)
+    for n in reversed(ns):
+        i = n["id"]
+        if is_cut(n):
+            q, v = _q(n), int(n.get("visits") or 0)
+            if q is not None and v:
+                cut_w[i] += q * v
+                cut_n[i] += v
+            has_cut[i] = True
+        p = n["parent"]
+        if p >= 0:
+            cut_w[p] += cut_w[i]
+            cut_n[p] += cut_n[i]
+            has_cut[p] = has_cut[p] or has_cut[i]
+    out: list[float | None] = []
+    for n in ns:
+        i = n["id"]
+        q = _q(n)
+        if is_cut(n):
+            out.append(None)
+        elif q is None or not has_cut[i] or not cut_n[i]:
+            out.append(q)
+        else:
+            v = int(n.get("visits") or 0)
+            left = v - cut_n[i]
+            out.append((q * v - cut_w[i]) / left if left > 0 else None)
+    return out
+
+
+def _visits(node: dict) -> int:
+    return int(node.get("visits") or 0)
+
+
+def scored_prompt(record: dict, node: int) -> str:
+    """The prompt a scorer read ``node`` after: ``trace.node_prompt``, except for an MCTSr node
+    (a whole solution), which the search scores as the question's prompt + its shown text."""
+    n = trace.nodes(record)[node]
+    if n.get("kind") == trace.KIND_WHOLE and record.get("prompt") is not None:
+        return record["prompt"]
+    return trace.node_prompt(record, node)
+
+
+def solution_steps(record: dict, leaf: int) -> list[int]:
+    """The nodes whose steps make up the solution ending at ``leaf``: the path below the root, or
+    the node alone when it is a whole solution (MCTSr: a child rewrites its parent, it does not
+    continue it)."""
+    if trace.nodes(record)[leaf].get("kind") == trace.KIND_WHOLE:
+        return [leaf]
+    return trace.path(record, leaf)[1:]
+
+
 # ---------------------------------------------------------------- SFT
 
 def sft_records(record: dict, run: str = "", cfg: ExportConfig | None = None) -> list[dict]:
     cfg = cfg or ExportConfig()
     ns = trace.nodes(record)
+    cq = clean_q(record)
     traces = []
     for leaf in trace.correct_endings(record):
-        ids = trace.path(record, leaf)[1:]
+        ids = solution_steps(record, leaf)
         if any(trace.is_failed(ns[i]) for i in ids):
             continue
-        qs = [_q(ns[i]) for i in ids]
+        qs = [cq[i] for i in ids]
         if any(q is None for q in qs):
             continue
         traces.append((sum(qs) / len(qs), min(qs), leaf, ids))
@@ -80,7 +190,7 @@ def sft_records(record: dict, run: str = "", cfg: ExportConfig | None = None) ->
         out.append({
             **_base(record, run, ids),
             "question": record.get("question"),
-            "prompt": trace.node_prompt(record, ids[0]),
+            "prompt": scored_prompt(record, ids[0]),
             "completion": "".join(trace.shown(s) for s in steps),
             "steps": [{"text": s.get("text", ""), "shown": trace.shown(s)} for s in steps],
             "answer": ns[leaf].get("answer"),
@@ -92,42 +202,88 @@ def sft_records(record: dict, run: str = "", cfg: ExportConfig | None = None) ->
 # ---------------------------------------------------------------- PPM pairs
 
 def ppm_pairs(record: dict, run: str = "", cfg: ExportConfig | None = None) -> list[dict]:
+    """Step pairs, then whole-solution pairs (see the module docstring)."""
+    return step_pairs(record, run, cfg) + solution_pairs(record, run, cfg)
+
+
+def step_pairs(record: dict, run: str = "", cfg: ExportConfig | None = None) -> list[dict]:
     cfg = cfg or ExportConfig()
     ns = trace.nodes(record)
     kids = trace.children(record)
-    out_of = trace.outcomes(record)
+    out_of = clean_outcomes(record)
+    cq = clean_q(record)
     pairs = []
     for parent in range(len(ns)):
         if not (out_of[parent].correct and out_of[parent].wrong) or len(kids[parent]) < 2:
             continue
-        scored = [c for c in kids[parent] if _q(ns[c]) is not None and ns[c].get("visits", 0) >= cfg.min_visits]
+        scored = [c for c in kids[parent] if cq[c] is not None and _visits(ns[c]) >= cfg.min_visits]
         pos = [c for c in scored if out_of[c].correct]
         neg = [c for c in scored if out_of[c].wrong and not out_of[c].correct]
         if not pos or not neg:
             continue
-        pos.sort(key=lambda c: (-_q(ns[c]), c))
-        neg.sort(key=lambda c: (_q(ns[c]), c))
+        pos.sort(key=lambda c: (-cq[c], c))
+        neg.sort(key=lambda c: (cq[c], c))
         pos = pos[:cfg.per_side * (2 if len(neg) == 1 else 1)]
         neg = neg[:cfg.per_side * (2 if len(pos) == 1 else 1)]
         here = []
         for c in pos:
             for r in neg:
-                margin = _q(ns[c]) - _q(ns[r])
+                margin = cq[c] - cq[r]
                 a, b = trace.shown(ns[c]), trace.shown(ns[r])
                 if margin < cfg.min_margin or edit_distance(a, b) < cfg.min_edit:
                     continue
                 here.append((c, r, margin, a, b))
-        prompt = trace.node_prompt(record, kids[parent][0]) if here else ""
+        prompt = scored_prompt(record, kids[parent][0]) if here else ""
         for c, r, margin, a, b in here:
             pairs.append({
                 **_base(record, run, [parent, c, r]),
+                "kind": "step",
                 "question": record.get("question"),
                 "prompt": prompt, "chosen": a, "rejected": b,
-                "q_chosen": _q(ns[c]), "q_rejected": _q(ns[r]), "margin": margin,
+                "q_chosen": cq[c], "q_rejected": cq[r], "margin": margin,
                 "weight": 1.0 / len(here),
                 "final": trace.is_answer(ns[c]) and trace.is_answer(ns[r]),
             })
     return pairs
+
+
+def solution_pairs(record: dict, run: str = "", cfg: ExportConfig | None = None) -> list[dict]:
+    """The ``per_side`` correct finished solutions with the highest mean Q against the ``per_side``
+    wrong ones with the lowest mean Q; ``nodes`` = [root, chosen ending, rejected ending]."""
+    cfg = cfg or ExportConfig()
+    ns = trace.nodes(record)
+    cq = clean_q(record)
+    good, bad = [], []
+    for n in ns[1:]:
+        if not trace.is_answer(n) or not isinstance(n.get("correct"), bool):
+            continue
+        ids = solution_steps(record, n["id"])
+        qs = [cq[i] for i in ids]
+        if any(q is None for q in qs) or _visits(n) < cfg.min_visits:
+            continue
+        (good if n["correct"] else bad).append((sum(qs) / len(qs), n["id"], ids))
+    if not good or not bad:
+        return []
+    good.sort(key=lambda t: (-t[0], t[1]))
+    bad.sort(key=lambda t: (t[0], t[1]))
+    here = []
+    for mc, c, cids in good[:cfg.per_side]:
+        a = "".join(trace.shown(ns[i]) for i in cids)
+        for mr, r, rids in bad[:cfg.per_side]:
+            b = "".join(trace.shown(ns[i]) for i in rids)
+            if edit_distance(a, b) < cfg.min_edit:
+                continue
+            here.append((c, r, mc, mr, a, b))
+    prompt = scored_prompt(record, good[0][2][0]) if here else ""
+    return [{
+        **_base(record, run, [0, c, r]),
+        "kind": "solution",
+        "question": record.get("question"),
+        "prompt": prompt, "chosen": a, "rejected": b,
+        "q_chosen": mc, "q_rejected": mr, "margin": mc - mr,
+        "weight": 1.0 / len(here),
+        "final": True,
+    } for c, r, mc, mr, a, b in here]
 
 
 # ---------------------------------------------------------------- Step-DPO
@@ -166,15 +322,16 @@ def step_dpo_pairs(record: dict, run: str = "", cfg: ExportConfig | None = None)
 def value_records(record: dict, run: str = "", cfg: ExportConfig | None = None) -> list[dict]:
     cfg = cfg or ExportConfig()
     ns = trace.nodes(record)
+    cq = clean_q(record)
     out = []
     for n in ns[1:]:
-        q = _q(n)
-        if q is None or n.get("visits", 0) < cfg.min_visits:
+        q = cq[n["id"]]
+        if q is None or _visits(n) < cfg.min_visits:
             continue
         out.append({
             **_base(record, run, [n["id"]]),
             "question": record.get("question"),
-            "prompt": trace.node_prompt(record, n["id"]),
+            "prompt": scored_prompt(record, n["id"]),
             "completion": trace.shown(n),
             "q": q, "visits": n.get("visits"), "depth": n.get("depth"),
         })
@@ -209,6 +366,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
                                            suffix=".tmp", delete=False) for k in KINDS}
     counts = {k: 0 for k in KINDS}
     solved = 0
+    cut = 0
+    pair_kinds = {"step": 0, "solution": 0}
     try:
         it = records
         if progress:
@@ -218,6 +377,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
         for where, rec in it:
             if trace.correct_endings(rec):
                 solved += 1
+            cut += len(cut_steps(rec))
             for k in KINDS:
                 try:
                     rows = EXPORTERS[k](rec, run_name, cfg)
@@ -225,6 +385,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
                     raise DataError(f"{where}: {exc}") from None
                 for row in rows:
                     tmps[k].write(json.dumps(row, ensure_ascii=False) + "\n")
+                    if k == "ppm_pairs":
+                        pair_kinds[row["kind"]] += 1
                 counts[k] += len(rows)
         for k, fh in tmps.items():
             fh.flush()
@@ -237,7 +399,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, cfg: ExportConfig | Non
             fh.close()
             Path(fh.name).unlink(missing_ok=True)
         raise
-    summary = {"run": run_name, "problems": len(records), "solved": solved, **counts}
+    summary = {"run": run_name, "problems": len(records), "solved": solved, **counts,
+               "step_pairs": pair_kinds["step"], "solution_pairs": pair_kinds["solution"],
+               "cut_steps": cut}
     tmp = out_dir / ".export.json.tmp"
     tmp.write_text(json.dumps({**summary, "config": cfg.__dict__}, indent=1) + "\n")
     os.replace(tmp, out_dir / "export.json")
@@ -268,6 +432,7 @@ def cmd_export(args) -> int:
                        sft_per_problem=args.sft_per_problem)
     s = export_run(args.run_dir, args.out, cfg, progress=not args.no_progress)
     print(f"{s['problems']} problems ({s['solved']} with a correct solution) -> {args.out}: "
-          f"{s['sft']} SFT traces, {s['ppm_pairs']} PPM pairs, {s['step_dpo']} Step-DPO pairs, "
-          f"{s['values']} value targets")
+          f"{s['sft']} SFT traces, {s['ppm_pairs']} PPM pairs ({s['step_pairs']} step, "
+          f"{s['solution_pairs']} solution), {s['step_dpo']} Step-DPO pairs, {s['values']} value targets; "
+          f"{s['cut_steps']} cut steps left out of PPM pairs and values")
     return 0
