@@ -3,7 +3,10 @@
 Round k (METHODS.md section 1, "Self-evolution")::
 
     search   DATA with policy_k (+ PPM_k)      round 0: gold terminal rewards only;
-                                               later rounds: the PPM scorer ppm:PPM_k
+                                               later rounds: gold+ppm:PPM_k, finished
+                                               solutions still back up +1 / -1 from the
+                                               gold answer, PPM_k only initialises new
+                                               intermediate steps (rStar-Math)
     export   trees -> sft.jsonl, ppm_pairs.jsonl, step_dpo.jsonl       (rstar.export)
     sft      policy_{k+1} = base + LoRA on the round's verified traces (rstar.train.sft)
     dpo      optional Step-DPO on top of it                             (rstar.train.dpo)
@@ -23,7 +26,11 @@ Wilson intervals, pass@k, tokens, traces, pairs, training loss, time per stage) 
 printed, saved as ``DIR/rounds.json`` and drawn as ``DIR/rounds.png``.
 
 Budgets come from ``--preset`` (``tiny``: minutes, for tests; ``cpu``: hours on two
-cores; ``paper``: rStar-Math's values, for GPUs) and can be overridden by flags.
+cores; ``paper``: rStar-Math's values, for GPUs) and can be overridden by flags. Data
+generation searches with a budget where the gold rewards steer the tree (``cpu``:
+the ``cpu-generate`` search preset, 16 rollouts of 3 children; rStar-Math: 16 or
+more), evaluation with the cheaper evaluation preset (rstar.search.config says which
+budget each method needs for its values to act).
 A round whose search solved nothing trains nothing: policy_{k+1} = policy_k, said so
 in the table.
 """
@@ -52,7 +59,7 @@ class Budget:
 
     problems: int | None = None          # first N training problems of DATA (None: all)
     eval_problems: int | None = None     # first N problems of EVAL_DATA
-    search_preset: str = "cpu"           # rstar.search.config preset for data generation
+    search_preset: str = "cpu-generate"  # rstar.search.config preset for data generation (values must steer)
     eval_preset: str = "cpu"             # ... and for evaluation
     rollouts: int | None = None          # overrides of the search presets
     children: int | None = None
@@ -250,10 +257,19 @@ class Evolve:
                               ray=self.cfg.ray)
         return {"summary": summary, "model": model, "scorer": scorer}
 
-    def _stage_search(self, k: int) -> dict:
+    def data_scorer(self, k: int) -> str:
+        """Round k's data-generation scorer: the gold answer for finished solutions always; from
+        round 1 on, the last PPM for new intermediate steps too (never the PPM alone: its scores
+        of finished solutions would only confirm the PPM that gave them)."""
         ppm = self.ppm_of(k)
-        scorer = "gold" if ppm is None else f"ppm:{ppm}"
-        return self._search(self.cfg.data, self.rdir(k) / "search", self.policy_of(k), scorer,
+        return "gold" if ppm is None else f"gold+ppm:{ppm}"
+
+    def data_recipe(self, k: int):
+        """The recipe round k's data-generation search runs with."""
+        return self._recipe(self.policy_of(k), self.data_scorer(k), self.b.search_preset)
+
+    def _stage_search(self, k: int) -> dict:
+        return self._search(self.cfg.data, self.rdir(k) / "search", self.policy_of(k), self.data_scorer(k),
                             self.b.search_preset, self.b.problems)
 
     def _stage_export(self, k: int) -> dict:
@@ -481,7 +497,7 @@ def plot_rounds(rows: list[dict], path: Path) -> Path:
     ax2.set_xlabel("round")
     ax2.set_ylabel("%")
     ax2.set_ylim(0, 100)
-    ax2.set_title("data-generation search (gold rewards in round 0)")
+    ax2.set_title("data-generation search (gold rewards)")
     ax2.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -512,8 +528,9 @@ def budget_from_args(args) -> Budget:
 def register(sub) -> None:
     p = sub.add_parser(
         "evolve", help="self-evolution rounds: search -> export -> train policy and PPM -> evaluate (resumable)",
-        description="rStar-Math's self-evolution: each round searches DATA with the current policy (round 0 with "
-                    "gold rewards, later rounds guided by the last PPM), exports the trees, fine-tunes the next "
+        description="rStar-Math's self-evolution: each round searches DATA with the current policy (gold rewards "
+                    "for finished solutions in every round; from round 1 on the last PPM also values new steps), "
+                    "exports the trees, fine-tunes the next "
                     "policy (LoRA SFT, optional Step-DPO) and trains the next PPM, then evaluates the new policy "
                     "with its PPM on EVAL_DATA without gold rewards against the previous one. Everything per round "
                     "is kept in OUT/round-K/ with its config; OUT/evolve.json is the state: run the same command "

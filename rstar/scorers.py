@@ -23,6 +23,11 @@ falls back to a vote, and back-up adds nothing the scorer did not say.
                counted in ``unparsed``, never read as 0
 ``ppm:PATH``   a trained process preference model (``rstar train ppm``)
 ``value:PATH`` a trained value head (``rstar train value``)
+``A+B``        composed: each finished solution gets the value of the first part
+               that gives one, each partial solution the value of the first part
+               that scores partial ones. ``gold+ppm:PATH`` is rStar-Math's data
+               generation from round 2 on: +1 / -1 from the gold answer at the
+               end, the PPM's score for new intermediate steps
 =============  ==============================================================
 """
 
@@ -211,12 +216,62 @@ class SelfEvalScorer:
         pass
 
 
-SCORER_SPECS = "gold, none, self, ppm:PATH, value:PATH"
+class CombinedScorer:
+    """Scorers composed in order (spec ``A+B``): a finished item gets the first value one of the
+    parts gives it (``gold+ppm:PATH``: the gold grade, the PPM's only where the grade is unknown);
+    a partial item the first value of the parts that score partial solutions. Each part is asked
+    only about the items still without a value, in one batch per part."""
+
+    def __init__(self, parts: Sequence[Scorer], name: str | None = None) -> None:
+        if len(parts) < 2:
+            raise RstarError("a combined scorer needs at least two parts (spec A+B)")
+        self.parts = list(parts)
+        self.name = name or "+".join(getattr(p, "name", "?") for p in self.parts)
+        self.needs_gold = any(getattr(p, "needs_gold", False) for p in self.parts)
+        self.scores_partial = any(getattr(p, "scores_partial", False) for p in self.parts)
+
+    def score(self, items: list[ScoreItem]) -> list[float | None]:
+        out: list[float | None] = [None] * len(items)
+        for part in self.parts:
+            todo = [i for i, it in enumerate(items)
+                    if out[i] is None and (it.finished or getattr(part, "scores_partial", False))]
+            if not todo:
+                continue
+            for i, v in zip(todo, part.score([items[i] for i in todo])):
+                out[i] = v
+        return out
+
+    def close(self) -> None:
+        for part in self.parts:
+            part.close()
+
+
+SCORER_SPECS = "gold, none, self, ppm:PATH, value:PATH, or parts joined by '+' (gold+ppm:PATH)"
+_PART_START = re.compile(r"\+(?=\s*(?:gold|none|self|ppm:|value:))")
+
+
+def split_spec(spec: str) -> list[str]:
+    """The parts of a combined spec: ``"gold+ppm:/a+b/ppm"`` -> ``["gold", "ppm:/a+b/ppm"]`` (a '+'
+    starts a new part only where a scorer kind follows it, so paths may contain '+')."""
+    return [p.strip() for p in _PART_START.split(str(spec))]
 
 
 def load_scorer(spec: str, policy=None, template=None, seed: int = 0, **opts) -> Scorer:
     """Build a scorer from its CLI spec (see the module docstring)."""
     s = str(spec or "none").strip()
+    parts = split_spec(s)
+    if len(parts) > 1:
+        if any(not p for p in parts):
+            raise RstarError(f"scorer {s!r}: an empty part; join scorers as A+B, e.g. gold+ppm:PATH")
+        built: list = []
+        try:
+            for p in parts:
+                built.append(load_scorer(p, policy=policy, template=template, seed=seed, **opts))
+        except BaseException:
+            for b in built:
+                b.close()
+            raise
+        return CombinedScorer(built, name=s)
     if s == "gold":
         return GoldScorer()
     if s == "none":

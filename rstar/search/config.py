@@ -3,6 +3,36 @@
 Each field names the algorithms that read it. ``PRESETS`` hold the published
 settings of each method (METHODS.md) and what 2 CPU cores can afford; recipes
 (``rstar/recipes/*.yaml``) name a preset and override fields.
+
+**The budget values need to act.** A search is only guided by its values where
+the selection rule consults them, and each rule ignores Q until some budget is spent:
+
+* ``mcts`` (UCT, unvisited child = +inf): every child of a node is tried before that
+  node's children are compared by Q. With a scorer that values only finished solutions
+  (``gold``, ``self``) a child gets its first visit when a path below it ends, and one
+  expansion can end up to ``children`` paths at once, so the first step's siblings
+  compete by Q only after up to ``children ** 2`` rollouts (never before ``children``):
+  the rule here is ``rollouts > children ** 2``. At ``cpu`` (4 rollouts of 3 children)
+  gold-rewarded and unrewarded searches build the same trees (measured: 30 of 30, issue
+  18): it is sampling plus a vote. Data generation therefore uses ``cpu-generate`` (16
+  rollouts of 3; rStar-Math generates with 16 or more). ``rstar-generate`` (48 of 12)
+  does not pass the rule either with +inf first play; ``first_play=0`` (the public
+  rStar code scores an unvisited child 0) lets Q act after the first finished path.
+  A scorer that values partial solutions (``ppm:PATH``, ``value:PATH``,
+  ``gold+ppm:PATH``) gives each new step its value as one visit, so Q is consulted
+  from the second round on, at any budget;
+* ``puct`` (unvisited child = 0, prior-weighted): values act as soon as a child has one,
+  i.e. with a partial-solution scorer at once, with a terminal-only one after the first
+  finished path (``rollouts >= 2``);
+* ``beam``: the scorer's values of partial solutions choose the kept beams at every step
+  (``beam_samples > 1``); a terminal-only scorer only picks among the finished ones;
+* ``bon``, ``greedy``: values never steer the samples, they only choose the answer;
+* ``mctsr``: the self-grades steer from the first refinement (``mctsr_rollouts >= 1``);
+  the refinement tree needs ``mctsr_rollouts > mctsr_max_children`` before a node's
+  children compete by Q.
+
+``values_steer(config, algo, scores_partial)`` says, in one line, whether a setting is
+sure to give the values a say (a tree whose paths end early may let them act sooner).
 """
 
 from __future__ import annotations
@@ -87,12 +117,46 @@ PRESETS: dict[str, SearchConfig] = {
                               beam_width=3, beam_samples=5),
     # MCTSr: 8 rollouts, 3 children a node, temperature 0.95.
     "mctsr": SearchConfig(mctsr_rollouts=8, mctsr_max_children=3, temperature=0.95, self_eval_samples=3),
-    # What 2 CPU cores and a 1.5B model can afford interactively.
+    # What 2 CPU cores and a 1.5B model can afford interactively. At 4 rollouts of 3 children UCT tries
+    # every child before consulting Q: gold or self rewards do not steer it (sampling plus a vote); a PPM
+    # or value scorer does (new steps start with their value).
     "cpu": SearchConfig(rollouts=4, children=3, max_depth=10, error_threshold=1, temperature=0.7, max_tokens=200,
                         beam_width=2, beam_samples=3, n=4, mctsr_rollouts=2, self_eval_samples=2),
+    # Data generation on 2 CPU cores: 16 rollouts of 3 children (rStar-Math generates with 16 or more), so
+    # the gold rewards of finished paths steer which steps get explored (rollouts well past the branching).
+    "cpu-generate": SearchConfig(rollouts=16, children=3, max_depth=10, error_threshold=1, temperature=0.7,
+                                 max_tokens=200, beam_width=2, beam_samples=3, n=16, mctsr_rollouts=4,
+                                 self_eval_samples=2),
     # Greedy chain of thought with the same template: one sample, temperature 0, code executed.
     "greedy": SearchConfig(rollouts=1, children=1, max_depth=16, error_threshold=1, temperature=0.0),
 }
+
+
+def values_steer(config: SearchConfig, algo: str = "mcts", scores_partial: bool = False) -> tuple[bool, str]:
+    """Whether ``algo`` at ``config`` gives a scorer's values a say in which steps are explored,
+    and why (the module docstring's rules). ``scores_partial``: the scorer values unfinished
+    solutions (a PPM or value head) rather than only finished ones (gold, self)."""
+    if algo in ("bon", "greedy"):
+        return False, f"{algo} samples independently of any value: values only choose the answer"
+    if algo == "beam":
+        if scores_partial:
+            return True, "beam keeps the best-valued partial solutions at every step"
+        return False, "beam with a terminal-only scorer keeps beams unvalued: values only choose the answer"
+    if algo == "mctsr":
+        ok = config.mctsr_rollouts > config.mctsr_max_children
+        return ok, (f"mctsr_rollouts {config.mctsr_rollouts} " + (">" if ok else "<=")
+                    + f" mctsr_max_children {config.mctsr_max_children}")
+    if scores_partial:
+        return True, "new steps start with their value as one visit: Q is consulted from the second round"
+    if algo == "puct" or (config.first_play is not None and math.isfinite(config.first_play)):
+        ok = config.rollouts >= 2
+        return ok, f"unvisited children have a finite value: Q is consulted after the first finished path " \
+                   f"({config.rollouts} rollouts)"
+    need = config.children ** 2
+    ok = config.rollouts > need
+    return ok, (f"UCT tries all {config.children} children of a node before consulting Q: {config.rollouts} "
+                f"rollouts {'exceed' if ok else 'do not exceed'} children^2 = {need}"
+                + ("" if ok else "; terminal rewards cannot change the tree (data generation: cpu-generate)"))
 
 
 def preset(name: str) -> SearchConfig:
