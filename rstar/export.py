@@ -413,7 +413,8 @@ def register(sub) -> None:
         "export", help="turn a run's search trees into training data (SFT, PPM pairs, Step-DPO, values)",
         description="Read RUN_DIR/results.jsonl (written by `rstar run`, ideally with --reward gold) and write "
                     "OUT/sft.jsonl (top correct traces per problem), OUT/ppm_pairs.jsonl (rStar-Math's process "
-                    "preference pairs), OUT/step_dpo.jsonl (first-wrong-step pairs found in the trees), "
+                    "preference pairs: sibling steps, kind 'step', and whole solutions, kind 'solution'; steps the "
+                    "search cut before scoring them are left out and counted), OUT/step_dpo.jsonl (first-wrong-step pairs found in the trees), "
                     "OUT/values.jsonl (every visited step with its Q) and OUT/export.json (counts). Every record "
                     "names its run, problem and node ids. Nothing is written unless the whole export succeeds.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="directory of a search run (holds results.jsonl)")

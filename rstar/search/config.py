@@ -150,8 +150,8 @@ def values_steer(config: SearchConfig, algo: str = "mcts", scores_partial: bool 
         return True, "new steps start with their value as one visit: Q is consulted from the second round"
     if algo == "puct" or (config.first_play is not None and math.isfinite(config.first_play)):
         ok = config.rollouts >= 2
-        return ok, f"unvisited children have a finite value: Q is consulted after the first finished path " \
-                   f"({config.rollouts} rollouts)"
+        return ok, (f"unvisited children have a finite value: Q is consulted after the first finished path "
+                    f"({config.rollouts} rollouts)")
     need = config.children ** 2
     ok = config.rollouts > need
     return ok, (f"UCT tries all {config.children} children of a node before consulting Q: {config.rollouts} "
