@@ -1,169 +1,216 @@
-"""One round of self-evolution with the built-in model, measured (issue 9's protocol).
+"""The self-evolution benchmark, issue 18's protocol: does round 1's policy beat round 0's?
 
-Round 0 searches the first ``--train`` problems of GSM8K train with gold rewards
-(``rstar evolve``: search -> export -> SFT (+ Step-DPO with --dpo) -> PPM); then
-policy_0 and policy_1 are evaluated on problems ``--eval-from`` .. ``--eval-from +
---eval`` of the same file without gold (gold only grades), three ways each:
+Stages (each resumes from ``--out``; runs continue at their next unfinished problem, ``rstar
+evolve`` at its stage, finished stages are not redone):
 
-* greedy: one sample at temperature 0, code executed;
-* vote:   MCTS with no scorer, the answer by majority vote;
-* ppm:    MCTS guided by PPM_1, the answer by value.
+1. **pre-pass** (problems that teach): best-of-4 (``--prepass bo4``) or greedy over the first
+   ``--pool`` problems; the first ``--train`` problems where the policy is neither always right nor
+   always wrong are the training problems (bench_ppm.prepass);
+2. **round 0** (``rstar evolve``, one round): gold-rewarded search at a budget where the rewards
+   steer (``cpu-generate``: 16 rollouts of 3, or ``--rollouts``), export, SFT on the verified
+   traces, then Step-DPO (``--no-dpo`` to skip), and the PPM;
+3. **evaluation**, policy_0 (the base) and policy_1 (round 0's training), without gold (gold only
+   grades), on ``--heldout`` problems from ``--heldout-from`` (outside every training problem:
+   generalising) and on the training problems (learning at all), each way of ``--methods``:
 
-Reported: accuracy with 95% Wilson intervals for the six cells, policy_1 minus
-policy_0 per method, training tokens/s (SFT), time per stage, machine load.
-Every run directory is kept in --out, so a stopped benchmark resumes.
+   * ``greedy``: one sample at temperature 0, code executed;
+   * ``search``: MCTS at the evaluation preset with no scorer, the answer by majority vote;
+   * ``ppm``: the same MCTS guided by PPM_1 (policy_1 only), and the fraction of its trees that
+     differ from the unguided ones (a guided search whose trees are the blind ones is not guided);
 
-    python benchmarks/bench_evolve.py --out /tmp/bench-evolve                  # 100 + 50 problems
-    python benchmarks/bench_evolve.py --out /tmp/be --train 10 --eval 10 --json # a smaller run
+   with accuracy and 95% Wilson intervals per round and method, and round 1 minus round 0 per
+   method with a paired bootstrap 95% interval over the same problems.
+
+``--json`` prints one object (``rounds``: per round, method and split the accuracy and its
+interval; ``diff``: the paired differences); where time goes is printed and saved in
+``OUT/bench_evolve.json``. The protocol's size (>= 200 held-out problems) takes many hours at
+today's speed on 2 cores; run what fits and say so.
+
+    python benchmarks/bench_evolve.py --out /tmp/be --pool 400 --train 100 --heldout 200 --json
+    python benchmarks/bench_evolve.py --out /tmp/be-toy --model smol --data toy.jsonl --preset tiny \\
+        --pool 4 --train 3 --heldout 2 --heldout-from 4 --json                      # a toy run
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from rstar.evolve import PRESETS, Evolve, EvolveConfig, format_table
-from rstar.recipe import Recipe
-from rstar.runner import run_dataset
-from rstar.search.config import preset as search_preset
-from rstar.train.base import add_precision_flag
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k_train.jsonl"
+from bench_ppm import (DATA, Report, differing_fraction, engine_of, paired_bootstrap, prepass,  # noqa: E402
+                       read_jsonl, resolve_model, results, search, wilson, write_problems)
 
-
-def slice_file(src: Path, dst: Path, start: int, n: int) -> Path:
-    rows = [ln for ln in src.read_text().splitlines() if ln.strip()][start:start + n]
-    if len(rows) < n:
-        sys.exit(f"{src} has fewer than {start + n} problems")
-    dst.write_text("\n".join(rows) + "\n")
-    return dst
+METHODS = ("greedy", "search", "ppm")
 
 
-def reuse_search(src: Path, train: Path, dst: Path) -> None:
-    """Seed round 0's search directory with ``src``'s results for the training problems (once: an
-    existing round-0 search is left alone). ``rstar evolve`` resumes it; resuming checks that the
-    saved recipe matches round 0's, so a search with other settings is refused, not mixed in."""
-    if (dst / "results.jsonl").exists():
-        return
-    if not (src / "results.jsonl").is_file() or not (src / "run.json").is_file():
-        sys.exit(f"--reuse-search {src}: not a run directory (no results.jsonl and run.json)")
-    ids = {json.loads(ln)["id"] for ln in train.read_text().splitlines() if ln.strip()}
-    rows = [ln for ln in (src / "results.jsonl").read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("id") in ids]
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "run.json").write_text((src / "run.json").read_text())
-    (dst / "results.jsonl").write_text("".join(r + "\n" for r in rows))
-    print(f"round 0 starts from {len(rows)} of {len(ids)} problems searched in {src}", file=sys.stderr)
+def evaluate(problems: Path, out: Path, model: str, method: str, scorer: str, budget, seed: int) -> dict:
+    from rstar.search.config import preset
 
-
-def evaluate(data: Path, out: Path, model: str, method: str, scorer: str, budget, seed: int) -> dict:
-    cfg = search_preset("greedy" if method == "greedy" else budget.eval_preset)
-    changes = {k: getattr(budget, k) for k in ("rollouts", "children", "max_depth", "max_tokens")
-               if getattr(budget, k) is not None and method != "greedy"}
-    if method == "greedy" and budget.max_tokens is not None:
-        changes["max_tokens"] = budget.max_tokens
-    if method == "vote":
-        changes["answer_selection"] = "vote"
-    cfg = cfg.replace(seed=seed, **changes)
-    recipe = Recipe(algo="greedy" if method == "greedy" else "mcts", scorer=scorer, model=model, search=cfg)
-    t0 = time.perf_counter()
-    s = run_dataset(data, out, recipe, resume=(out / "results.jsonl").exists(), progress=True)
-    return {"accuracy": s["accuracy"], "ci95": s["accuracy_ci95"], "pass_at_k": s["pass_at_k"],
-            "problems": s["problems"], "tokens": s["tokens"], "seconds": round(time.perf_counter() - t0, 1)}
+    if method == "greedy":
+        cfg = preset("greedy").replace(seed=seed, max_tokens=budget.max_tokens)
+        algo = "greedy"
+    else:
+        cfg = preset(budget.eval_preset).replace(seed=seed, rollouts=budget.rollouts, children=budget.children,
+                                                 max_depth=budget.max_depth, max_tokens=budget.max_tokens)
+        if method == "search":
+            cfg = cfg.replace(answer_selection="vote")
+        algo = "mcts"
+    s = search(problems, out, model, scorer, algo, cfg)
+    recs = results(out)
+    per = {pid: (1.0 if r.get("correct") is True else 0.0) for pid, r in recs.items()}
+    k, n = int(sum(per.values())), len(per)
+    return {"accuracy": (k / n) if n else None, "ci95": wilson(k, n), "correct": k, "problems": n,
+            "per_problem": per, "time": s.get("time"), "tokens": s.get("tokens")}
 
 
 def main(argv=None) -> int:
+    from rstar.evolve import PRESETS, STAGES, Evolve, EvolveConfig
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="directory for every run (resumable)")
     ap.add_argument("--data", default=str(DATA))
-    ap.add_argument("--train", type=int, default=100, help="training problems (the first N)")
-    ap.add_argument("--eval-from", type=int, default=100, help="first evaluation problem (0-based)")
-    ap.add_argument("--eval", type=int, default=50, help="evaluation problems")
-    ap.add_argument("--model", default="default")
-    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
-    ap.add_argument("--rollouts", type=int)
+    ap.add_argument("--model", default="default", help="policy_0: default, smol, or a model path")
+    ap.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="evolve budget preset")
+    ap.add_argument("--pool", type=int, default=400, help="problems the pre-pass looks at (the first N)")
+    ap.add_argument("--prepass", choices=("bo4", "greedy"), default="bo4")
+    ap.add_argument("--train", type=int, default=100, help="training problems (teaching ones from the pool)")
+    ap.add_argument("--heldout", type=int, default=200, help="held-out evaluation problems")
+    ap.add_argument("--heldout-from", type=int, default=None, help="first held-out problem (default: --pool)")
+    ap.add_argument("--rollouts", type=int, help="search rollouts (data and evaluation; default: the presets')")
     ap.add_argument("--max-steps", type=int, help="SFT optimizer steps at most")
     ap.add_argument("--epochs", type=float, help="SFT epochs")
-    ap.add_argument("--dpo", action="store_true", help="Step-DPO after SFT")
-    add_precision_flag(ap, default=None)
-    ap.add_argument("--methods", default="greedy,vote,ppm", help="evaluations to run (comma-separated)")
+    ap.add_argument("--dpo", dest="dpo", action="store_true", default=True, help="Step-DPO after SFT (default)")
+    ap.add_argument("--no-dpo", dest="dpo", action="store_false")
+    ap.add_argument("--methods", default="greedy,search,ppm", help="evaluations (comma-separated: greedy, search, ppm)")
+    ap.add_argument("--no-train-eval", action="store_true", help="skip the evaluation on the training problems")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--reuse-search", metavar="RUN_DIR",
-                    help="start round 0 from this gold-rewarded search of the same problems (e.g. bench_ppm's "
-                         "run_gold): its finished problems are not searched again; its settings must match")
-    ap.add_argument("--json", action="store_true", help="print one JSON line at the end")
+    ap.add_argument("--json", action="store_true", help="print one JSON object at the end")
     a = ap.parse_args(argv)
+    methods = [m for m in a.methods.split(",") if m]
+    for m in methods:
+        if m not in METHODS:
+            sys.exit(f"--methods: unknown method {m!r} (one of {', '.join(METHODS)})")
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    train = slice_file(Path(a.data), out / "train.jsonl", 0, a.train)
-    held = slice_file(Path(a.data), out / "eval.jsonl", a.eval_from, a.eval)
-    import dataclasses
+    model, _ = resolve_model(a.model)
+    rows = read_jsonl(Path(a.data))
+    pool_rows = rows[:a.pool]
+    h_from = a.pool if a.heldout_from is None else a.heldout_from
+    rep = Report(out, {k: v for k, v in vars(a).items() if k != "json"})
+    t_start = time.perf_counter()
 
-    budget = dataclasses.replace(PRESETS[a.preset], problems=a.train, eval_problems=a.eval, dpo=a.dpo)
-    if a.rollouts is not None:
-        budget.rollouts = a.rollouts
-    if a.max_steps is not None:
-        budget.sft_max_steps = a.max_steps
-    if a.epochs is not None:
-        budget.sft_epochs = a.epochs
-    if a.precision is not None:
-        budget.precision = a.precision
-    if a.reuse_search:
-        reuse_search(Path(a.reuse_search), train, out / "evolve" / "round-0" / "search")
-    t0 = time.perf_counter()
-    ev = Evolve(EvolveConfig(data=str(train), out=str(out / "evolve"), rounds=1, eval_data=None, preset=a.preset,
-                             model=a.model, seed=a.seed, budget=budget))
-    rows = ev.run()
-    evolve_s = time.perf_counter() - t0
-    state = ev.state.data["rounds"]["0"]
+    pre = rep.stage("prepass", lambda: prepass(pool_rows, out, model, a.prepass, a.seed, None))
+    by_id = {r["id"]: r for r in pool_rows}
+    train_ids = pre["teach"][:a.train]
+    if not train_ids:
+        rep.data["error"] = "the pre-pass found no problem that teaches (the policy is always right or always wrong)"
+        rep.save()
+        print(json.dumps({"error": rep.data["error"]}))
+        return 1
+    train_file = write_problems([by_id[i] for i in train_ids], out / "train.jsonl")
+    held_rows = [r for r in rows[h_from:h_from + a.heldout] if r["id"] not in set(train_ids)]
+    held_file = write_problems(held_rows, out / "heldout.jsonl")
+
+    budget = dataclasses.replace(PRESETS[a.preset], problems=None, eval_problems=None, dpo=a.dpo)
+    for flag, field in (("rollouts", "rollouts"), ("max_steps", "sft_max_steps"), ("epochs", "sft_epochs")):
+        if getattr(a, flag) is not None:
+            setattr(budget, field, getattr(a, flag))
+    ev = Evolve(EvolveConfig(data=str(train_file), out=str(out / "evolve"), rounds=1, eval_data=None,
+                             preset=a.preset, model=model, seed=a.seed, budget=budget, progress=False))
+
+    def evolve():
+        t0 = time.perf_counter()
+        rows_ = ev.run()
+        st = ev.state.data["rounds"]["0"]
+        return {"table": rows_, "seconds": round(time.perf_counter() - t0, 1),
+                "stage_s": {k: round((st.get(k) or {}).get("seconds", 0.0), 1) for k in STAGES},
+                "data_scorer": ev.data_scorer(0), "data_preset": budget.search_preset}
+    evo = rep.stage("evolve_round0", evolve)
+    if evo.get("stage_s"):  # a resumed evolve's own stage seconds, not just this call's
+        rep.data["time_s"]["evolve_round0"] = round(sum(evo["stage_s"].values()), 1)
     policy1, ppm1 = ev.policy_of(1), ev.ppm_of(1)
-    cells: dict[str, dict] = {}
-    for method in [m for m in a.methods.split(",") if m]:
-        for tag, model in (("policy0", a.model), ("policy1", policy1)):
-            if method == "ppm" and ppm1 is None:
+    trained = policy1 != model
+
+    splits = [("heldout", held_file)] + ([] if a.no_train_eval else [("train", train_file)])
+    cells: dict = {"0": {}, "1": {}}
+    for method in methods:
+        for rnd, pol in (("0", model), ("1", policy1)):
+            if method == "ppm" and (rnd == "0" or ppm1 is None):
+                continue  # PPM_1 guides policy_1; round 0 has no PPM
+            if rnd == "1" and not trained:
                 continue
-            if tag == "policy1" and policy1 == a.model:
-                continue  # nothing was trained
-            scorer = f"ppm:{ppm1}" if method == "ppm" else "none"
-            cells[f"{tag}/{method}"] = evaluate(held, out / f"eval-{tag}-{method}", model, method, scorer,
-                                                budget, a.seed)
-            print(f"{tag}/{method}: {cells[f'{tag}/{method}']}", file=sys.stderr)
-    deltas = {}
-    for method in a.methods.split(","):
-        c0, c1 = cells.get(f"policy0/{method}"), cells.get(f"policy1/{method}")
-        if c0 and c1 and c0["accuracy"] is not None and c1["accuracy"] is not None:
-            # beyond the interval: policy_1's lower bound above policy_0's upper bound
-            deltas[method] = {"delta": c1["accuracy"] - c0["accuracy"],
-                              "separated": c1["ci95"][0] > c0["ci95"][1]}
-    sft = (state.get("sft") or {}).get("log") or {}
+            for split, f in splits:
+                name = f"eval_r{rnd}_{method}_{split}"
+                scorer = f"ppm:{ppm1}" if method == "ppm" else "none"
+                got = rep.stage(name, lambda f=f, pol=pol, method=method, scorer=scorer, name=name: evaluate(
+                    f, out / name, pol, method, scorer, budget, a.seed))
+                cells[rnd].setdefault(method, {})[split] = got
+                print(f"round {rnd} {method:6} {split:8} {got['accuracy']}", file=sys.stderr)
+
+    diff: dict = {}
+    for method in methods:
+        for split, _ in splits:
+            c0 = (cells["0"].get(method if method != "ppm" else "search") or {}).get(split)
+            c1 = (cells["1"].get(method) or {}).get(split)
+            if not c0 or not c1:
+                continue
+            ids = sorted(set(c0["per_problem"]) & set(c1["per_problem"]))
+            d = paired_bootstrap([c1["per_problem"][i] for i in ids], [c0["per_problem"][i] for i in ids],
+                                 seed=a.seed)
+            d["against"] = f"round 0 {'search (vote)' if method == 'ppm' else method}"
+            diff.setdefault(method, {})[split] = d
+    guidance = {}
+    for split, _ in splits:
+        g = (cells["1"].get("ppm") or {}).get(split)
+        s = (cells["1"].get("search") or {}).get(split)
+        if g and s:
+            guidance[split] = differing_fraction(results(out / f"eval_r1_ppm_{split}"),
+                                                 results(out / f"eval_r1_search_{split}"))
+
+    slim = {r: {m: {s: {k: v for k, v in c.items() if k != "per_problem"} for s, c in per.items()}
+                for m, per in ms.items()} for r, ms in cells.items()}
+    table = (evo.get("table") or [{}])[0]
     report = {
-        "bench": "evolve", "model": a.model, "preset": a.preset, "train": a.train, "eval": a.eval,
-        "eval_from": a.eval_from, "rollouts": budget.rollouts, "cells": cells, "deltas": deltas,
-        "search": (state.get("search") or {}).get("summary", {}).get("accuracy"),
-        "traces": rows[0]["traces"], "ppm_pairs": rows[0]["ppm_pairs"], "dpo_pairs": rows[0]["dpo_pairs"],
-        "precision": budget.precision, "sft_tokens_per_s": sft.get("tokens_per_s"), "sft_steps": sft.get("steps"),
-        "sft_loss": sft.get("final_loss"),
-        "stage_s": rows[0]["time_s"], "evolve_s": round(evolve_s, 1),
+        "bench": "evolve", "model": model, "engine": engine_of(model), "preset": a.preset,
+        "rounds": slim, "diff": diff, "guided_trees_differ": guidance,
+        "trained": trained, "policy1": policy1, "ppm1": ppm1,
+        "train_problems": len(train_ids), "heldout_problems": len(held_rows),
+        "prepass": {k: pre[k] for k in ("kind", "pool", "always_right", "always_wrong", "rule")}
+                   | {"teach": len(pre["teach"])},
+        "data": {"scorer": evo.get("data_scorer"), "preset": evo.get("data_preset"),
+                 "search_accuracy": table.get("search_accuracy"), "traces": table.get("traces"),
+                 "ppm_pairs": table.get("ppm_pairs"), "dpo_pairs": table.get("dpo_pairs"),
+                 "sft_loss": table.get("sft_loss"), "ppm_eval_accuracy": table.get("ppm_eval_accuracy")},
+        "sizes": {"pool": a.pool, "train": a.train, "heldout": a.heldout, "heldout_from": h_from,
+                  "rollouts": budget.rollouts, "dpo": a.dpo, "methods": methods},
+        "time_s": dict(rep.data["time_s"], evolve_stages=evo.get("stage_s"),
+                       total_this_call=round(time.perf_counter() - t_start, 1)),
         "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
     }
-    print(format_table(rows))
-    print(f"{'':10}" + "".join(f"{m:>22}" for m in a.methods.split(",")))
-    for tag in ("policy0", "policy1"):
-        line = f"{tag:10}"
-        for m in a.methods.split(","):
-            c = cells.get(f"{tag}/{m}")
-            cell = "-"
-            if c and c["accuracy"] is not None:
-                lo, hi = c["ci95"]
-                cell = f"{100 * c['accuracy']:.1f} [{100 * lo:.0f},{100 * hi:.0f}]"
-            line += f"{cell:>22}"
-        print(line)
+    rep.data["summary"] = report
+    rep.save()
     (out / "bench_evolve.json").write_text(json.dumps(report, indent=2, default=str))
+    print("where time goes (s): " + ", ".join(f"{k} {v}" for k, v in rep.data["time_s"].items()), file=sys.stderr)
+    print(f"{'':8}{'method':8}{'split':9}{'round 0':>22}{'round 1':>22}{'r1 - r0 [paired 95%]':>26}")
+    for method in methods:
+        for split, _ in splits:
+            def fmt(c):
+                if not c or c.get("accuracy") is None:
+                    return "-"
+                lo, hi = c["ci95"] or (float("nan"), float("nan"))
+                return f"{100 * c['accuracy']:.1f} [{100 * lo:.0f},{100 * hi:.0f}]"
+            d = (diff.get(method) or {}).get(split)
+            ds = "-" if not d or d["delta"] is None else \
+                f"{100 * d['delta']:+.1f} [{100 * d['ci95'][0]:+.0f},{100 * d['ci95'][1]:+.0f}]"
+            print(f"{'':8}{method:8}{split:9}{fmt((slim['0'].get(method) or {}).get(split)):>22}"
+                  f"{fmt((slim['1'].get(method) or {}).get(split)):>22}{ds:>26}")
     if a.json:
         print(json.dumps(report, default=str))
     return 0
