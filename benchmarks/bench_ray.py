@@ -68,8 +68,9 @@ def signature(r: dict) -> tuple:
 
 
 def start_cluster(nodes: int):
-    import ray
     from ray.cluster_utils import Cluster
+
+    from rstar.distributed import init_ray
 
     spec = {"num_cpus": 1, "object_store_memory": 80 * MB}
     t0 = time.perf_counter()
@@ -77,7 +78,8 @@ def start_cluster(nodes: int):
     for _ in range(nodes - 1):
         c.add_node(**spec)
     c.wait_for_nodes()
-    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR", namespace="rstar-bench")
+    # init_ray keeps the working directory (a checkout of the sources, say) off the workers' path
+    init_ray(c.address, log_to_driver=False, logging_level="ERROR", namespace="rstar-bench")
     return c, time.perf_counter() - t0
 
 

@@ -9,7 +9,7 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-from rstar.errors import DataError, RstarError
+from rstar.errors import RstarError
 from rstar.search.config import ALGORITHMS, PRESETS
 from rstar.selection import METHODS as SELECTIONS
 
@@ -47,8 +47,8 @@ def register(sub) -> None:
                     "with each step's output and how the answer was chosen.",
         epilog=ALGO_HELP, formatter_class=fmt)
     p.add_argument("question", help="the question, in quotes")
-    p.add_argument("--answer", default=None, help="gold answer, if known: with --scorer gold (the default when "
-                                                  "an answer is given) finished steps are rewarded against it")
+    p.add_argument("--answer", default=None, help="gold answer, if known: the chosen answer is graded against it "
+                                                  "(with --scorer gold finished steps are also rewarded by it)")
     _search_args(p)
     p.add_argument("--json", action="store_true", help="print the whole result (with the tree) as JSON")
     p.set_defaults(func=cmd_solve)
@@ -56,7 +56,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "run", help="search over a JSONL dataset, saving results and trees (resumable)",
         description="Run the search over every problem of a JSONL file (one object per line: 'question', optional "
-                    "'answer', optional 'id'). Each problem's result and whole tree are appended to "
+                    "'answer', optional 'id'). Answers only grade the search unless --scorer gold asks for gold "
+                    "rewards (data generation). Each problem's result and whole tree are appended to "
                     "OUT/results.jsonl as soon as it finishes; OUT/run.json holds the recipe; --resume continues "
                     "a stopped run.",
         epilog=ALGO_HELP, formatter_class=fmt)
@@ -102,8 +103,8 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--algo", choices=ALGORITHMS, default=None, help="search algorithm (default: mcts)")
     g.add_argument("--method", choices=ALGORITHMS, default=None, help=argparse.SUPPRESS)  # older name of --algo
     g.add_argument("--scorer", default=None,
-                   help="gold | none | self | ppm:PATH | value:PATH (default: gold when every problem has a gold "
-                        "answer, else none; self for mctsr)")
+                   help="gold | none | self | ppm:PATH | value:PATH (default: none, a blind search; self for "
+                        "mctsr; gold rewards only when asked for)")
     g.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="settings to start from (default: cpu); the flags below override them")
     g.add_argument("--rollouts", type=int, help="mcts/puct: finished or cut paths per problem")
@@ -134,7 +135,7 @@ _KNOBS = ("rollouts", "children", "max_depth", "error_threshold", "temperature",
           "self_eval_samples", "answer_selection", "top_k_vote", "concurrent_problems", "seed")
 
 
-def recipe_from_args(args, has_gold: bool | None):
+def recipe_from_args(args):
     """The run's recipe: --config (or a fresh one), then --preset, then every flag given."""
     from rstar.policy import parse_backend_options
     from rstar.recipe import Recipe, load_recipe
@@ -156,8 +157,6 @@ def recipe_from_args(args, has_gold: bool | None):
         scorer = args.scorer or getattr(args, "reward", None)
         if scorer:
             recipe.scorer = scorer
-        elif not args.config:
-            recipe.scorer = "self" if recipe.algo == "mctsr" else ("gold" if has_gold else "none")
         if args.backend_opt:
             recipe.backend_options.update(parse_backend_options(args.backend_opt))
         sb = dict(recipe.sandbox)
@@ -175,16 +174,15 @@ def recipe_from_args(args, has_gold: bool | None):
 
 
 def cmd_solve(args) -> int:
+    from rstar.components import check_problems, open_components
     from rstar.results import Problem
-    from rstar.runner import check_problems, make_search, open_components
 
-    recipe = recipe_from_args(args, has_gold=args.answer is not None)
+    recipe = recipe_from_args(args)
     recipe.search = recipe.search.replace(concurrent_problems=1)
     problem = Problem(id="question", question=args.question, gold=args.answer)
     check_problems(recipe, [problem], "the question (give --answer)")
     with ExitStack() as stack:
-        comps = open_components(recipe, stack)
-        search = make_search(recipe, comps)
+        search = open_components(recipe, stack).search
         start = time.perf_counter()
         result = search.solve(problem)
         wall = time.perf_counter() - start
@@ -232,24 +230,18 @@ def print_solution(result: dict, wall: float) -> None:
 
 
 def cmd_run(args) -> int:
-    from rstar.results import format_summary, read_problems
+    from rstar.results import format_summary
     from rstar.runner import run_dataset
 
-    data = Path(args.data)
-    problems = list(read_problems(data, []))
-    if args.limit is not None:
-        problems = problems[: args.limit]
-    if not problems:
-        raise DataError(f"{data}: no problems to search")
-    recipe = recipe_from_args(args, has_gold=all(p.gold is not None for p in problems))
+    recipe = recipe_from_args(args)
     if args.resume and not args.config and (Path(args.out) / "run.json").is_file() and not _gave_settings(args):
         from rstar.recipe import load_recipe
 
         recipe = load_recipe(str(Path(args.out) / "run.json"))  # resume exactly the saved recipe
-    print(f"searching with {recipe.algo}, scorer {recipe.scorer}, model {recipe.model}", file=sys.stderr)
+    print(f"searching with {recipe.algo}, scorer {recipe.resolve().scorer}, model {recipe.model}", file=sys.stderr)
     try:
-        summary = run_dataset(problems, args.out, recipe, resume=args.resume, progress=not args.no_progress,
-                              ray=args.ray, source=str(data))
+        summary = run_dataset(args.data, args.out, recipe, resume=args.resume, limit=args.limit,
+                              progress=not args.no_progress, ray=args.ray)
     except KeyboardInterrupt:
         print(f"interrupted: finished problems are saved in {args.out}; continue with --resume", file=sys.stderr)
         return 130

@@ -7,7 +7,9 @@ replays a saved ``run.json`` or a recipe file (YAML or JSON). Recipes for the
 published settings of each method ship in ``rstar/recipes/``:
 ``rstar run DATA --out DIR --config rstar-eval`` names one by its stem.
 
-Fields given on the command line override the recipe's.
+Fields given on the command line override the recipe's. A recipe leaves some
+things to the run (the scorer, the problems kept in flight): :meth:`Recipe.resolve`
+fills them in, in this one place, and the run saves the resolved recipe.
 """
 
 from __future__ import annotations
@@ -23,11 +25,15 @@ from rstar.search.config import ALGORITHMS, SearchConfig
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
+# An algorithm's own scorer, used when a recipe names none: MCTSr grades its answers itself;
+# every other search then runs blind (no value: a vote). Gold rewards only when asked for.
+OWN_SCORER = {"mctsr": "self"}
+
 
 @dataclass
 class Recipe:
     algo: str = "mcts"
-    scorer: str = "gold"
+    scorer: str | None = None                            # None: the algorithm's own (OWN_SCORER), else none
     model: str = "default"
     template: str = "default"
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -40,6 +46,17 @@ class Recipe:
             raise DataError(f"unknown algorithm {self.algo!r}; one of {', '.join(ALGORITHMS)}")
         if isinstance(self.search, dict):
             self.search = SearchConfig.from_dict(self.search)
+
+    def resolve(self, policy=None) -> "Recipe":
+        """The recipe as it runs, every "the default" filled in (a copy; this one is left as
+        it is): the scorer when none is named (the algorithm's own, else ``none``: a blind
+        search), and, given the ``policy``, the problems kept in flight when the recipe does
+        not say (what the policy decodes well at once, ``policy.capacity()``)."""
+        search = self.search
+        if policy is not None and search.concurrent_problems is None:
+            search = search.replace(concurrent_problems=int(policy.capacity()))
+        return dataclasses.replace(self, scorer=self.scorer or OWN_SCORER.get(self.algo, "none"), search=search,
+                                   sandbox=dict(self.sandbox), backend_options=dict(self.backend_options))
 
     @property
     def seed(self) -> int:

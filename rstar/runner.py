@@ -6,12 +6,8 @@ The CLI (`rstar run`), `rstar evolve` and the Ray runner all go through here::
     from rstar.runner import run_dataset
     summary = run_dataset("gsm8k.jsonl", "runs/a", Recipe(algo="beam", scorer="none"), limit=30)
 
-Lower-level pieces, for workers that search problems handed to them:
-
-    with ExitStack() as stack:
-        comps = open_components(recipe, stack)   # template, sandbox pool, policy, scorer
-        search = make_search(recipe, comps)
-        for result in search.search(problems): ...
+The search itself is opened by :mod:`rstar.components` (the same road a Ray worker
+takes); this module reads the data, resumes, writes and keeps the progress bar.
 
 A run directory holds ``results.jsonl`` (docs/TRACE_SCHEMA.md) and ``run.json``
 (the recipe, the data file, the model's hash, the cluster when run on Ray).
@@ -25,83 +21,13 @@ import sys
 import time
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
+from rstar.components import check_problems, open_components
 from rstar.errors import DataError, RstarError
 from rstar.recipe import Recipe
 from rstar.results import CONFIG_FILE, Problem, ResultWriter, read_problems, summarize
-
-
-@dataclass
-class Components:
-    template: object
-    sandbox: object
-    policy: object
-    scorer: object
-
-
-def open_components(recipe: Recipe, stack: ExitStack, sandbox=None, policy=None) -> Components:
-    """Template, sandbox pool, policy and scorer for ``recipe``, in the order that fails
-    fastest; everything opened is closed by ``stack``. Pass ``sandbox``/``policy`` to reuse
-    ones already open."""
-    from rstar.scorers import load_scorer
-    from rstar.templates import get_template
-
-    try:
-        template = get_template(recipe.template)
-    except ValueError as exc:
-        raise RstarError(str(exc)) from None
-    if sandbox is None:
-        from rstar.sandbox import SandboxConfig, SandboxPool
-
-        opts = dict(recipe.sandbox)
-        size = opts.pop("size", None)
-        try:
-            config = SandboxConfig(**opts)
-        except TypeError as exc:
-            raise RstarError(f"sandbox options: {exc}") from None
-        sandbox = stack.enter_context(SandboxPool(size=size, config=config))
-    if policy is None:
-        policy = load_model(recipe)
-        stack.callback(policy.close)
-    scorer = load_scorer(recipe.scorer, policy=policy, template=template, seed=recipe.seed)
-    stack.callback(scorer.close)
-    return Components(template=template, sandbox=sandbox, policy=policy, scorer=scorer)
-
-
-def load_model(recipe: Recipe):
-    from rstar.policy import load_policy
-
-    print(f"loading model {recipe.model} ...", file=sys.stderr)
-    if recipe.backend_options:
-        return load_policy(recipe.model, options=dict(recipe.backend_options))
-    return load_policy(recipe.model)
-
-
-def make_search(recipe: Recipe, comps: Components, run_id: str = ""):
-    from rstar.search import make_search as _make
-
-    provenance = {"model": recipe.model, "template": recipe.template, "run_id": run_id}
-    cfg = recipe.search
-    if recipe.algo == "greedy":  # greedy is greedy whatever the preset says
-        cfg = cfg.replace(rollouts=1, children=1, temperature=0.0, leaves_per_tree=1)
-    try:
-        return _make(recipe.algo, comps.policy, comps.template, comps.sandbox, cfg, scorer=comps.scorer,
-                     provenance=provenance)
-    except ValueError as exc:
-        raise RstarError(str(exc)) from None
-
-
-def check_problems(recipe: Recipe, problems: Sequence[Problem], source: str = "the data") -> None:
-    """A scorer that needs gold answers refuses problems without one, in one line."""
-    if recipe.scorer == "gold":
-        missing = [p.id for p in problems if p.gold is None]
-        if missing:
-            raise DataError(
-                f"--scorer gold needs a gold answer for every problem, but {len(missing)} of {len(problems)} in "
-                f"{source} have none (first: {', '.join(missing[:3])}); use --scorer none, self or ppm:PATH")
 
 
 def model_hash(spec: str) -> str | None:
@@ -156,6 +82,39 @@ def run_dataset(data: str | Path | Iterable[Problem], out: str | Path, recipe: R
     or ``""`` for a local cluster (rstar.distributed). Returns the run's summary; a
     KeyboardInterrupt is re-raised after everything finished is saved."""
     bad: list = []
+    source, problems = _read(data, limit, source, bad)
+    recipe = recipe.resolve()
+    check_problems(recipe, problems, source)
+    out = Path(out)
+    saved = _saved_run(out, recipe) if resume else {}
+    writer = ResultWriter(out, resume=resume)
+    todo = [p for p in problems if p.id not in writer.done]
+    if writer.done:
+        print(f"resuming: {len(problems) - len(todo)} of {len(problems)} problems already done", file=sys.stderr)
+    meta = {"run_id": saved.get("run_id") or uuid.uuid4().hex[:12], "data": source, "problems": len(problems),
+            "started": saved.get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if recipe.model_sha256 is None:
+        recipe.model_sha256 = model_hash(recipe.model)
+    if bad:
+        meta["skipped_lines"] = [str(b) for b in bad]
+    sink = _Sink(writer, len(problems), not progress, on_result)
+    try:
+        with ExitStack() as stack:
+            stack.callback(writer.close)
+            stack.callback(sink.close)
+            if todo and ray is not None:
+                _search_on_ray(todo, recipe, ray, out, meta, sink)
+            elif todo:
+                _search_here(todo, recipe, out, meta, sink, stack)
+    finally:
+        if bad:
+            print(f"skipped {len(bad)} malformed line(s) of {source}: " + "; ".join(map(str, bad[:5])),
+                  file=sys.stderr)
+    return summarize(writer.done.values())
+
+
+def _read(data: str | Path | Iterable[Problem], limit: int | None, source: str | None,
+          bad: list) -> tuple[str, list[Problem]]:
     if isinstance(data, (str, Path)):
         source = str(data)
         problems = list(read_problems(Path(data), bad))
@@ -165,90 +124,96 @@ def run_dataset(data: str | Path | Iterable[Problem], out: str | Path, recipe: R
         problems = problems[:limit]
     if not problems:
         raise DataError(f"{source}: no problems to search")
-    check_problems(recipe, problems, source)
-    out = Path(out)
-    saved = _load_saved(out) if resume else None
-    if saved is not None and "recipe" in saved:
-        diffs = _result_changing_diff(saved["recipe"], recipe.to_dict())
+    return source, problems
+
+
+def _saved_run(out: Path, recipe: Recipe) -> dict:
+    """The run.json of the run being resumed ({} if none); refused in one line when it was
+    run with settings that change results."""
+    saved = _load_saved(out) or {}
+    if "recipe" in saved:
+        diffs = _result_changing_diff(_resolved(saved["recipe"]), recipe.to_dict())
         if diffs:
             raise DataError(f"{out} was run with other settings ({'; '.join(diffs[:4])}); resume with the same "
                             f"settings, e.g. --config {out / CONFIG_FILE}")
-    writer = ResultWriter(out, resume=resume)
-    todo = [p for p in problems if p.id not in writer.done]
-    if writer.done:
-        print(f"resuming: {len(problems) - len(todo)} of {len(problems)} problems already done", file=sys.stderr)
-    run_id = (saved or {}).get("run_id") or uuid.uuid4().hex[:12]
-    meta = {"run_id": run_id, "data": source, "problems": len(problems),
-            "started": (saved or {}).get("started") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if recipe.model_sha256 is None:
-        recipe.model_sha256 = model_hash(recipe.model)
-    if bad:
-        meta["skipped_lines"] = [str(b) for b in bad]
+    return saved
 
-    bar = _progress(len(problems), len(problems) - len(todo), not progress)
-    state = {"done": list(writer.done.values()), "new": [], "start": time.perf_counter(), "search": None}
 
-    def accept(result: dict) -> None:
-        if result["id"] in writer.done:  # a second guard against duplicates (e.g. a retried worker)
-            return
-        writer.write(result)
-        state["done"].append(result)
-        state["new"].append(result)
-        bar.update(1)
-        bar.set_postfix_str(_postfix(state))
-        if on_result is not None:
-            on_result(result)
-
+def _resolved(saved: dict) -> dict:
+    """A saved recipe as a fresh run would resolve it (runs saved before resolution existed)."""
     try:
-        with ExitStack() as stack:
-            stack.callback(writer.close)
-            stack.callback(bar.close)
-            if todo and ray is not None:
-                try:
-                    from rstar.distributed import run_on_ray
-                except ModuleNotFoundError as exc:
-                    raise RstarError(f"--ray needs Ray: pip install \"rstar[ray]\" ({exc})") from None
-                recipe.save(out / CONFIG_FILE, meta)
-                def ray_event(ev: dict) -> None:
-                    if ev.get("event") == "lost":
-                        bar.write(f"ray: lost worker {ev.get('worker')} ({ev.get('why')}); "
-                                  f"{ev.get('requeued')} problems re-queued")
-                cluster = run_on_ray(todo, recipe, ray or None, accept, progress=ray_event, run_id=run_id)
-                meta["cluster"] = cluster
-                recipe.save(out / CONFIG_FILE, meta)
-            elif todo:
-                comps = open_components(recipe, stack)
-                if recipe.search.concurrent_problems is None and comps.policy.preferred_concurrency:
-                    recipe.search = recipe.search.replace(concurrent_problems=comps.policy.preferred_concurrency)
-                recipe.save(out / CONFIG_FILE, meta)
-                search = make_search(recipe, comps, run_id)
-                state["search"] = search
-                for result in search.search(todo):
-                    accept(result)
-    finally:
-        if bad:
-            print(f"skipped {len(bad)} malformed line(s) of {source}: " + "; ".join(map(str, bad[:5])),
-                  file=sys.stderr)
-    return summarize(writer.done.values())
+        return Recipe.from_dict(saved).resolve().to_dict()
+    except (DataError, TypeError, ValueError):
+        return saved
+
+
+def _search_here(todo: list[Problem], recipe: Recipe, out: Path, meta: dict, sink: "_Sink", stack: ExitStack) -> None:
+    comps = open_components(recipe, stack, run_id=meta["run_id"])
+    comps.recipe.save(out / CONFIG_FILE, meta)  # the recipe as it runs: concurrency resolved
+    sink.search = comps.search
+    for result in comps.search.search(todo):
+        sink.accept(result)
+
+
+def _search_on_ray(todo: list[Problem], recipe: Recipe, address: str, out: Path, meta: dict, sink: "_Sink") -> None:
+    try:
+        from rstar.distributed import run_on_ray
+    except ModuleNotFoundError as exc:
+        raise RstarError(f"--ray needs Ray: pip install \"rstar[ray]\" ({exc})") from None
+    recipe.save(out / CONFIG_FILE, meta)
+
+    def event(ev: dict) -> None:
+        if ev.get("event") == "lost":
+            sink.bar.write(f"ray: lost worker {ev.get('worker')} ({ev.get('why')}); "
+                           f"{ev.get('requeued')} problems re-queued")
+    meta["cluster"] = run_on_ray(todo, recipe, address or None, sink.accept, progress=event, run_id=meta["run_id"])
+    recipe.save(out / CONFIG_FILE, meta)
+
+
+class _Sink:
+    """Where finished results go: the result file (each problem once), the progress bar and
+    the caller's ``on_result``."""
+
+    def __init__(self, writer: ResultWriter, total: int, quiet: bool,
+                 on_result: Callable[[dict], None] | None) -> None:
+        self.writer = writer
+        self.on_result = on_result
+        self.bar = _progress(total, len(writer.done), quiet)
+        self.done = list(writer.done.values())
+        self.new: list[dict] = []
+        self.start = time.perf_counter()
+        self.search = None
+
+    def accept(self, result: dict) -> None:
+        if result["id"] in self.writer.done:  # a second guard against duplicates (e.g. a retried worker)
+            return
+        self.writer.write(result)
+        self.done.append(result)
+        self.new.append(result)
+        self.bar.update(1)
+        self.bar.set_postfix_str(self.postfix())
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def postfix(self) -> str:
+        graded = [r for r in self.done if r.get("gold") is not None]
+        parts = []
+        if graded:
+            parts.append(f"acc {100 * sum(r.get('correct') is True for r in graded) / len(graded):.0f}%")
+        elapsed = time.perf_counter() - self.start
+        rollouts = sum(r.get("rollouts", 0) for r in self.new)
+        parts.append(f"{rollouts / max(elapsed, 1e-9):.2f} rollouts/s")
+        t = getattr(self.search, "time", None)
+        if t is not None and t.total_s > 0:
+            parts.append(f"model {100 * t.model_s / t.total_s:.0f}% sandbox {100 * t.sandbox_s / t.total_s:.0f}% "
+                         f"other {100 * t.other_s / t.total_s:.0f}%")
+        return " | ".join(parts)
 
 
 def _progress(total: int, initial: int, disable: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="problem", disable=disable, dynamic_ncols=True, file=sys.stderr)
-
-
-def _postfix(state: dict) -> str:
-    graded = [r for r in state["done"] if r.get("gold") is not None]
-    parts = []
-    if graded:
-        parts.append(f"acc {100 * sum(r.get('correct') is True for r in graded) / len(graded):.0f}%")
-    elapsed = time.perf_counter() - state["start"]
-    rollouts = sum(r.get("rollouts", 0) for r in state["new"])
-    parts.append(f"{rollouts / max(elapsed, 1e-9):.2f} rollouts/s")
-    search = state["search"]
-    t = getattr(search, "time", None)
-    if t is not None and t.total_s > 0:
-        parts.append(f"model {100 * t.model_s / t.total_s:.0f}% sandbox {100 * t.sandbox_s / t.total_s:.0f}% "
-                     f"other {100 * t.other_s / t.total_s:.0f}%")
-    return " | ".join(parts)

@@ -179,7 +179,7 @@ def mctsr_script(prompt, n):
 def test_mctsr_q_backup_and_selection_by_hand(sandbox_pool):
     policy = ScriptedPolicy(mctsr_script)
     search = MCTSr(policy, T, sandbox_pool, cfg(mctsr_rollouts=3, mctsr_max_children=3, self_eval_samples=2),
-                   scorer=load_scorer("self", policy=policy))
+                   scorer=load_scorer("self", policy=policy, samples=2))
     r = search.solve(Problem("p", "q", "6"))
     ns = nodes(r)
     zs = [n for n in ns if n["answer"] == "5"][0]

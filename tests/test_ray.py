@@ -41,28 +41,27 @@ def _require_sandbox() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster():
     try:
         import ray
         from ray.cluster_utils import Cluster
     except ImportError:
         need("Ray", 'pip install "rstar[ray]"')
+    from rstar.distributed import init_ray
+
     _require_sandbox()
-    # Ray puts the driver's working directory first on the workers' path: from the repository
-    # root they would import the source tree (no compiled core) instead of the installed rstar
-    here = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("ray_cwd"))
+    # driven from wherever pytest runs, the repository root included: init_ray keeps the driver's
+    # working directory (a source tree without the compiled core) off the workers' path
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
     try:
         for _ in range(2):
             c.add_node(**NODE)
         c.wait_for_nodes()
-        ray.init(address=c.address, log_to_driver=False, logging_level="ERROR", namespace="rstar-tests")
+        init_ray(c.address, log_to_driver=False, logging_level="ERROR", namespace="rstar-tests")
         yield c
     finally:
         ray.shutdown()
         c.shutdown()
-        os.chdir(here)
 
 
 def recipe(model: str = SCRIPT, concurrent: int = 2):
@@ -105,14 +104,12 @@ def local_reference():
     """24 problems searched locally (one process, one sandbox pool): the results a cluster must match."""
     from contextlib import ExitStack
 
-    from rstar.runner import make_search, open_components
+    from rstar.components import open_components
 
     _require_sandbox()
     probs = problems(24)
-    rec = recipe()
     with ExitStack() as stack:
-        search = make_search(rec, open_components(rec, stack))
-        results = {r["id"]: r for r in search.search(probs)}
+        results = {r["id"]: r for r in open_components(recipe(), stack).search.search(probs)}
     assert len(results) == 24
     return results
 
@@ -257,23 +254,55 @@ def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
     assert json.loads((out / "run.json").read_text())["cluster"]["results"] == n - len(partial)
 
 
-def test_run_started_inside_a_source_tree_says_why_its_workers_fail(cluster, tmp_path):
-    """Ray puts the driver's working directory first on the workers' path. Started from a
-    checkout of rstar's sources (no compiled core), the workers cannot import rstar: the run
-    ends with one line that says so and what to do, instead of a bare ModuleNotFoundError."""
+# started as the `rstar` console script is: the directory it runs in is not on its own path
+NO_CWD = "import os, sys\nsys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]\n"
+AS_INSTALLED = NO_CWD + "from rstar.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
+@pytest.fixture
+def checkout(tmp_path) -> Path:
+    """A checkout of rstar's sources: the package without its compiled core."""
     import shutil
 
     import rstar
 
-    checkout = tmp_path / "checkout"
-    shutil.copytree(Path(rstar.__file__).parent, checkout / "rstar", ignore=shutil.ignore_patterns("*.so"))
-    data = write_data(tmp_path / "data.jsonl", 2)
-    r = subprocess.run(rstar_cmd("run", data, "--out", tmp_path / "o", "--model", SCRIPT, "--ray", cluster.address,
-                                 "--sandbox-size", "1", "--no-progress"),
+    root = tmp_path / "checkout"
+    shutil.copytree(Path(rstar.__file__).parent, root / "rstar", ignore=shutil.ignore_patterns("*.so"))
+    return root
+
+
+def test_run_started_inside_a_source_checkout_works(cluster, checkout):
+    """Ray puts the driver's working directory first on the workers' path unless the job has a
+    working directory of its own. Started in a checkout of rstar's sources (no compiled core),
+    `rstar run --ray` still searches every problem: its workers import the installed rstar."""
+    write_data(checkout / "data.jsonl", 3)
+    r = subprocess.run([sys.executable, "-c", AS_INSTALLED, "run", "data.jsonl", "--out", "out", "--model", SCRIPT,
+                        "--ray", cluster.address, "--sandbox-size", "1", "--no-progress"],
                        capture_output=True, text=True, timeout=300, cwd=checkout)
-    assert r.returncode != 0
-    last = r.stderr.strip().splitlines()[-1]
-    assert "rstar._core" in last and str(checkout) in last and "from another directory" in last, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "rstar._core" not in r.stderr
+    assert sorted(x["id"] for x in read_results(checkout / "out")) == sorted(p.id for p in problems(3))
+
+
+def test_ray_started_by_the_caller_in_a_source_checkout_says_what_to_do(cluster, checkout):
+    """A program that starts Ray itself (plain ray.init) inside a checkout gives its workers the
+    checkout's rstar, which has no compiled core: the run ends with one line naming init_ray."""
+    code = NO_CWD + f"""
+import ray
+from rstar.demo_scripts import arithmetic_problems
+from rstar.distributed import RayUnavailable, run_on_ray
+from rstar.recipe import Recipe
+from rstar.results import Problem
+ray.init(address={cluster.address!r}, log_to_driver=False, logging_level="ERROR", namespace="rstar-tests")
+probs = [Problem(r["id"], r["question"], r["answer"]) for r in arithmetic_problems(2)]
+try:
+    run_on_ray(probs, Recipe(model={SCRIPT!r}, sandbox={{"size": 1}}), None, print)
+except RayUnavailable as exc:
+    print(exc)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=checkout)
+    last = (r.stdout.strip().splitlines() or [""])[-1]
+    assert "rstar._core" in last and str(checkout) in last and "init_ray" in last, (r.stdout[-2000:], r.stderr[-2000:])
 
 
 BLOCK_RAY = """

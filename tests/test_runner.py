@@ -55,6 +55,36 @@ def test_run_dataset_writes_every_problem_once_and_resumes(tmp_path, sandbox_poo
         run_dataset(problems, tmp_path, other, resume=True, progress=False)
 
 
+def test_a_run_on_data_with_answers_is_blind_unless_gold_is_asked_for(tmp_path):
+    """No oracle by default: the answers grade the chosen answer but do not reward the search, so the
+    accuracy is a blind figure; the CLI and the library agree, and --scorer gold still rewards."""
+    data = write_data(tmp_path / "d.jsonl", arithmetic_problems(3))
+    common = ["--model", SCRIPT, "--rollouts", "2", "--children", "2", "--max-depth", "5", "--sandbox-size", "1",
+              "--no-progress"]
+    r = rstar("run", data, "--out", tmp_path / "blind", *common)
+    assert r.returncode == 0, r.stderr
+    assert "scorer none" in r.stderr
+    library = run_dataset(data, tmp_path / "lib", Recipe(model=SCRIPT, search=small(), sandbox={"size": 1}),
+                          progress=False)
+    assert library["gold_rewards"] is False
+    for out in ("blind", "lib"):
+        assert json.loads((tmp_path / out / "run.json").read_text())["recipe"]["scorer"] == "none"
+        rows = load_results(tmp_path / out)
+        assert len(rows) == 3
+        assert all(x["scorer"] == "none" and x["gold_rewards"] is False and x["correct"] is not None for x in rows)
+    r = rstar("run", data, "--out", tmp_path / "gold", "--scorer", "gold", *common)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "gold" / "run.json").read_text())["recipe"]["scorer"] == "gold"
+    assert all(x["scorer"] == "gold" and x["gold_rewards"] is True for x in load_results(tmp_path / "gold"))
+
+
+def test_a_recipe_without_a_scorer_gets_its_algorithms_own():
+    assert Recipe().resolve().scorer == "none"
+    assert Recipe(algo="mctsr").resolve().scorer == "self"
+    assert Recipe(algo="mctsr", scorer="gold").resolve().scorer == "gold"
+    assert Recipe.from_dict({"algo": "beam"}).resolve().scorer == "none"
+
+
 def test_gold_scorer_without_gold_answers_is_one_clear_error(tmp_path):
     problems = arithmetic_problems(2)
     problems[1].gold = None

@@ -107,6 +107,10 @@ class SearchConfig:
         return cls(**d)
 
 
+# What makes a search greedy: one sample at temperature 0. The greedy search applies it
+# whatever the preset says (rstar.search.greedy); the "greedy" preset starts from it.
+GREEDY = {"n": 1, "temperature": 0.0}
+
 PRESETS: dict[str, SearchConfig] = {
     # rStar-Math public defaults for data generation (gold answers known).
     "rstar-generate": SearchConfig(rollouts=48, children=12, max_depth=16, error_threshold=2, temperature=0.8),
@@ -128,7 +132,7 @@ PRESETS: dict[str, SearchConfig] = {
                                  max_tokens=200, beam_width=2, beam_samples=3, n=16, mctsr_rollouts=4,
                                  self_eval_samples=2),
     # Greedy chain of thought with the same template: one sample, temperature 0, code executed.
-    "greedy": SearchConfig(rollouts=1, children=1, max_depth=16, error_threshold=1, temperature=0.0),
+    "greedy": SearchConfig(rollouts=1, children=1, max_depth=16, error_threshold=1, **GREEDY),
 }
 
 

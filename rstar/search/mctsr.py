@@ -75,9 +75,6 @@ class MCTSr(Search):
         if not isinstance(self.scorer, SelfEvalScorer) and getattr(self.scorer, "name", "none") == "none":
             raise RstarError("mctsr needs a scorer that values answers: --scorer self (MCTSr's own), gold, "
                              "ppm:PATH or value:PATH")
-        if isinstance(self.scorer, SelfEvalScorer):  # MCTSr's own knobs govern its self-evaluation
-            self.scorer.samples = self.config.self_eval_samples
-            self.scorer.max_tokens = self.config.critique_tokens
 
     def root_rule(self) -> dict:
         return {"rule": MCTSR, "max_children": self.config.mctsr_max_children}
