@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from rstar.errors import DataError, RstarError
 from rstar.recipe import Recipe
 from rstar.results import Problem
+from rstar.scorers import split_spec
 
 
 @dataclass
@@ -90,9 +91,10 @@ def load_policy(recipe: Recipe):
 def check_problems(recipe: Recipe, problems: Sequence[Problem], source: str = "the data") -> None:
     """A scorer that needs gold answers refuses problems without one, in one line, before
     anything is opened."""
-    if recipe.resolve().scorer == "gold":
+    spec = recipe.resolve().scorer
+    if "gold" in split_spec(spec):
         missing = [p.id for p in problems if p.gold is None]
         if missing:
             raise DataError(
-                f"--scorer gold needs a gold answer for every problem, but {len(missing)} of {len(problems)} in "
+                f"--scorer {spec} needs a gold answer for every problem, but {len(missing)} of {len(problems)} in "
                 f"{source} have none (first: {', '.join(missing[:3])}); use --scorer none, self or ppm:PATH")

@@ -92,6 +92,14 @@ def test_gold_scorer_without_gold_answers_is_one_clear_error(tmp_path):
         run_dataset(problems, tmp_path, Recipe(scorer="gold", model=SCRIPT), progress=False)
 
 
+def test_a_combined_scorer_with_gold_refuses_problems_without_gold(tmp_path):
+    # evolve's data rounds search with gold+ppm:PATH: its gold part needs every gold answer too
+    problems = arithmetic_problems(2)
+    problems[0].gold = None
+    with pytest.raises(DataError, match=r"--scorer gold\+ppm:/nowhere needs a gold answer.*1 of 2"):
+        run_dataset(problems, tmp_path, Recipe(scorer="gold+ppm:/nowhere", model=SCRIPT), progress=False)
+
+
 def test_shipped_recipes_load_with_the_published_values():
     names = shipped()
     assert {"rstar-generate", "rstar-eval", "alphamath-mcts", "alphamath-beam", "mctsr", "best-of-n",
