@@ -107,35 +107,6 @@ def test_unknown_option_names_the_valid_ones(smol_dir):
         load_policy(f"vllm:{smol_dir}", options={"n_threads": 2})
 
 
-def test_batch_options_reach_vllm(smol_dir):
-    """max_num_batched_tokens, block_size, max_num_seqs reach vLLM's scheduler and cache; a step
-    budget of 512 tokens serves 8 seeded prompts of ~180 tokens (1,400 new tokens) whole, one
-    step after another (with chunked prefill, vLLM's default, the CPU build crashed on it).
-    Settings that would crash a seeded request, or that vLLM refuses, get one line first."""
-    from rstar.policy import BackendOptionError, load_policy
-
-    with pytest.raises(BackendOptionError, match="max_num_batched_tokens=256 is below max_model_len=512"):
-        load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_batched_tokens": "256"})
-    with pytest.raises(BackendOptionError, match=r"max_num_batched_tokens >= max_num_seqs \* max_model_len = 4096"):
-        load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_seqs": "8",
-                                                 "enable_chunked_prefill": "true", "max_num_batched_tokens": "1024"})
-    p = load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_batched_tokens": "512",
-                                                 "block_size": "64", "max_num_seqs": "8", "kv_cache_space": "1"})
-    try:
-        cfg = p.llm.llm_engine.vllm_config
-        assert cfg.scheduler_config.max_num_batched_tokens == 512 and cfg.scheduler_config.max_num_seqs == 8
-        assert cfg.scheduler_config.enable_chunked_prefill is False and cfg.cache_config.block_size == 64
-        prompts = _long_prompts(8, words=60)
-        assert sum(len(p.tokenizer(x)["input_ids"]) for x in prompts) > 2 * 512
-        rows = p.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=list(range(8)))
-        assert [len(r) for r in rows] == [2] * 8
-        alone = p.generate([prompts[5]], n=2, max_tokens=4, temperature=1.0, seed=[5])
-        assert [c.text for c in alone[0]] == [c.text for c in rows[5]]
-        assert p.capacity() == min(8, cfg.cache_config.num_gpu_blocks * 64 // 512)
-    finally:
-        p.close()
-
-
 def test_stop_string_cut_and_reported(engine):
     full = engine.generate([PROMPT_FACT], max_tokens=12, temperature=0)[0][0]
     assert "." in full.text, full.text  # " Paris. ..." on this model
@@ -238,9 +209,9 @@ def test_seeded_prompts_beyond_the_batch_budget(engine):
     chunked prefill off: a prompt that does not fit waits for the next step, whole."""
     prompts = _long_prompts(16)
     assert sum(len(engine.tokenizer(p)["input_ids"]) for p in prompts) > 4096
+    rows = engine.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=list(range(100, 116)))
     cfg = engine.llm.llm_engine.vllm_config.scheduler_config
     assert cfg.enable_chunked_prefill is False and cfg.max_num_batched_tokens == 4096
-    rows = engine.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=list(range(100, 116)))
     assert [len(r) for r in rows] == [2] * 16 and all(c.num_tokens >= 1 for r in rows for c in r)
     # the engine lives on, and prompt 9's samples are its own (its seed), not the batch's
     alone = engine.generate([prompts[9]], n=2, max_tokens=4, temperature=1.0, seed=[109])
@@ -248,15 +219,12 @@ def test_seeded_prompts_beyond_the_batch_budget(engine):
 
 
 def test_submit_matches_generate(engine):
-    """submit() hands one request to the engine thread; with the seed generate() gives a prompt
-    (sample_seed), the samples are generate's."""
-    from rstar.policy.base import sample_seed
-
+    """submit() hands one request to the engine thread; a prompt's seed (as in generate's seed
+    list) gives the samples generate() gives that prompt."""
     prompts = [PROMPT_CODE, PROMPT_FACT, "Once upon a time"]
     seeds = [21, 22, 23]
     ref = engine.generate(prompts, n=2, max_tokens=16, temperature=1.0, seed=seeds)
-    futs = [engine.submit(p, n=2, max_tokens=16, temperature=1.0, seed=sample_seed(seeds, i, 0))
-            for i, p in enumerate(prompts)]
+    futs = [engine.submit(p, n=2, max_tokens=16, temperature=1.0, seed=seeds[i]) for i, p in enumerate(prompts)]
     got = [f.result(timeout=300) for f in futs]
     assert [[c.text for c in r] for r in got] == [[c.text for c in r] for r in ref]
     assert all(c.finish_reason in ("length", "eos", "stop") for r in got for c in r)
@@ -270,8 +238,6 @@ def test_threads_submit_concurrently(engine):
     gives it), whatever else shares the engine's steps."""
     import threading
 
-    from rstar.policy.base import sample_seed
-
     prompts = [f"Item {k}: the colour of the sky is" for k in range(12)]
     seeds = list(range(300, 312))
     ref = engine.generate(prompts, n=1, max_tokens=12, temperature=1.0, seed=seeds)
@@ -280,8 +246,7 @@ def test_threads_submit_concurrently(engine):
 
     def worker(ks):
         try:
-            futs = {k: engine.submit(prompts[k], max_tokens=12, temperature=1.0, seed=sample_seed(seeds, k, 0))
-                    for k in ks}
+            futs = {k: engine.submit(prompts[k], max_tokens=12, temperature=1.0, seed=seeds[k]) for k in ks}
             for k, f in futs.items():
                 got[k] = f.result(timeout=300)
         except BaseException as exc:  # noqa: BLE001  (reported below)
@@ -352,6 +317,38 @@ def test_close_stops_the_engine_processes(engine, smol_dir):
     left = {q: c for q, c in _descendants(os.getpid()).items() if q in spawned}
     assert not left, left
     p.close()
+
+
+def test_batch_options_reach_vllm(smol_dir):
+    """max_num_batched_tokens, block_size, max_num_seqs reach vLLM's scheduler and cache; a step
+    budget of 512 tokens serves 8 seeded prompts of ~180 tokens (1,400 new tokens) whole, one
+    step after another (with chunked prefill, vLLM's default, the CPU build crashed on it).
+    Settings that would crash a seeded request, or that vLLM refuses, get one line first.
+    Runs after the module's engine is closed: two in-process engines share vLLM's process-wide
+    state (closing one broke the other's next call: "pipeline model parallel group is not
+    initialized")."""
+    from rstar.policy import BackendOptionError, load_policy
+
+    with pytest.raises(BackendOptionError, match="max_num_batched_tokens=256 is below max_model_len=512"):
+        load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_batched_tokens": "256"})
+    with pytest.raises(BackendOptionError, match=r"max_num_batched_tokens >= max_num_seqs \* max_model_len = 4096"):
+        load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_seqs": "8",
+                                                 "enable_chunked_prefill": "true", "max_num_batched_tokens": "1024"})
+    p = load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_batched_tokens": "512",
+                                                 "block_size": "64", "max_num_seqs": "8", "kv_cache_space": "1"})
+    try:
+        cfg = p.llm.llm_engine.vllm_config
+        assert cfg.scheduler_config.max_num_batched_tokens == 512 and cfg.scheduler_config.max_num_seqs == 8
+        assert cfg.scheduler_config.enable_chunked_prefill is False and cfg.cache_config.block_size == 64
+        prompts = _long_prompts(8, words=60)
+        assert sum(len(p.tokenizer(x)["input_ids"]) for x in prompts) > 2 * 512
+        rows = p.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=list(range(8)))
+        assert [len(r) for r in rows] == [2] * 8
+        alone = p.generate([prompts[5]], n=2, max_tokens=4, temperature=1.0, seed=[5])
+        assert [c.text for c in alone[0]] == [c.text for c in rows[5]]
+        assert p.capacity() == min(8, cfg.cache_config.num_gpu_blocks * 64 // 512)
+    finally:
+        p.close()
 
 
 # ------------------------------------------------------------------ vLLM's own OpenAI server

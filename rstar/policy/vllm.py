@@ -287,15 +287,15 @@ class VLLMPolicy(Policy):
                temperature: float = 0.7, seed: int | None = None,
                node: NodeRef | None = None) -> "Future[list[Completion]]":
         """Add one request to the running engine; the future resolves at the step it finishes.
-        ``seed`` is the request's own (the seed :func:`sample_seed` gives a prompt in
-        :meth:`generate`), so a prompt submitted alone gets the samples it gets there."""
+        ``seed`` is the prompt's seed as in a per-prompt seed list: ``submit(p, seed=s)`` samples
+        what ``generate([p], seed=[s])`` does (the contract's default batcher does the same)."""
         stops = normalize_stop(stop)
         if n <= 0:
             fut: Future = Future()
             fut.set_result([])
             return fut
         return self._live().put([self._request(prompt, n, stops, max_tokens, temperature,
-                                               None if seed is None else int(seed))])[0]
+                                               None if seed is None else sample_seed([int(seed)], 0, 0))])[0]
 
     def generate(self, prompts, n=1, stop=(), max_tokens=256, temperature=0.7, seed=None, nodes=None):
         stops = normalize_stop(stop)
