@@ -179,16 +179,108 @@ def test_prefix_cache_reuses_a_long_shared_prompt(engine):
     words = " ".join(f"item{i}" for i in range(150))
     prefix = f"Here is a list of inventory codes: {words}.\n"
     assert len(engine.tokenizer(prefix)["input_ids"]) > 256
-    before = dict(engine.stats)
+    before = engine.stats()
     engine.generate([prefix + "The first code is"], max_tokens=4, temperature=0)
-    mid = dict(engine.stats)
+    mid = engine.stats()
     engine.generate([prefix + "The last code is"], max_tokens=4, temperature=0)
-    after = dict(engine.stats)
+    after = engine.stats()
     assert after["prompt_tokens_cached"] - mid["prompt_tokens_cached"] >= 128
     # a short prompt never fills a block: nothing to reuse
     engine.generate(["Hi there"], max_tokens=2, temperature=0)
-    assert engine.stats["prompt_tokens_cached"] == after["prompt_tokens_cached"]
+    assert engine.stats()["prompt_tokens_cached"] == after["prompt_tokens_cached"]
     assert before["prompt_tokens"] < after["prompt_tokens"]
+    # the contract's counters: computed = sent - served from the cache
+    assert after["prompt_tokens_computed"] == after["prompt_tokens"] - after["prompt_tokens_cached"]
+    assert after["prompt_tokens_computed"] - mid["prompt_tokens_computed"] <= \
+        after["prompt_tokens"] - mid["prompt_tokens"] - 128
+
+
+def _long_prompts(count: int, words: int = 150) -> list[str]:
+    """Distinct prompts (they differ from their second token: no shared cache block), ~420 tokens each."""
+    body = " ".join(f"w{i}" for i in range(words))
+    return [f"Case {k}: {body}\nAnswer:" for k in range(count)]
+
+
+def test_seeded_prompts_beyond_the_batch_budget(engine):
+    """16 seeded prompts of ~420 new tokens (6,700 in all) exceed a step's default token budget
+    (4,096 on CPU). With chunked prefill (vLLM's default) the step prefills the last prompt that
+    fits in part and vLLM rewinds its seeded generator, which a CPU generator cannot do:
+    ``RuntimeError: CPU Generator does not use offset`` ended the engine. On CPU the backend turns
+    chunked prefill off: a prompt that does not fit waits for the next step, whole."""
+    prompts = _long_prompts(16)
+    assert sum(len(engine.tokenizer(p)["input_ids"]) for p in prompts) > 4096
+    rows = engine.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=list(range(100, 116)))
+    cfg = engine.llm.llm_engine.vllm_config.scheduler_config
+    assert cfg.enable_chunked_prefill is False and cfg.max_num_batched_tokens == 4096
+    assert [len(r) for r in rows] == [2] * 16 and all(c.num_tokens >= 1 for r in rows for c in r)
+    # the engine lives on, and prompt 9's samples are its own (its seed), not the batch's
+    alone = engine.generate([prompts[9]], n=2, max_tokens=4, temperature=1.0, seed=[109])
+    assert [c.text for c in alone[0]] == [c.text for c in rows[9]]
+
+
+def test_submit_matches_generate(engine):
+    """submit() hands one request to the engine thread; a prompt's seed (as in generate's seed
+    list) gives the samples generate() gives that prompt."""
+    prompts = [PROMPT_CODE, PROMPT_FACT, "Once upon a time"]
+    seeds = [21, 22, 23]
+    ref = engine.generate(prompts, n=2, max_tokens=16, temperature=1.0, seed=seeds)
+    futs = [engine.submit(p, n=2, max_tokens=16, temperature=1.0, seed=seeds[i]) for i, p in enumerate(prompts)]
+    got = [f.result(timeout=300) for f in futs]
+    assert [[c.text for c in r] for r in got] == [[c.text for c in r] for r in ref]
+    assert all(c.finish_reason in ("length", "eos", "stop") for r in got for c in r)
+    # stop strings and greedy copies as in generate()
+    g = engine.submit(PROMPT_FACT, n=3, stop=["zzz", "."], max_tokens=12, temperature=0).result(timeout=300)
+    assert len(g) == 3 and len({c.text for c in g}) == 1 and g[0].stop == "." and "." not in g[0].text
+
+
+def test_threads_submit_concurrently(engine):
+    """Four threads submit at once; every request gets its own seeded samples (those generate()
+    gives it), whatever else shares the engine's steps."""
+    import threading
+
+    prompts = [f"Item {k}: the colour of the sky is" for k in range(12)]
+    seeds = list(range(300, 312))
+    ref = engine.generate(prompts, n=1, max_tokens=12, temperature=1.0, seed=seeds)
+    got: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def worker(ks):
+        try:
+            futs = {k: engine.submit(prompts[k], max_tokens=12, temperature=1.0, seed=seeds[k]) for k in ks}
+            for k, f in futs.items():
+                got[k] = f.result(timeout=300)
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(range(t, 12, 4),)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert sorted(got) == list(range(12))
+    assert [got[k][0].text for k in range(12)] == [r[0].text for r in ref]
+
+
+def test_stats_and_capacity_from_the_engine(engine):
+    """stats(): seconds inside the engine's steps, steps, sequences advanced per step, prompt and
+    generated tokens; capacity(): max_num_seqs, or fewer when the KV cache holds fewer
+    sequences of max_model_len tokens."""
+    before = engine.stats()
+    rows = engine.generate([PROMPT_CODE, PROMPT_FACT], n=3, max_tokens=8, temperature=1.0, seed=[1, 2])
+    after = engine.stats()
+    d = {k: after[k] - before[k] for k in before}
+    assert d["generated_tokens"] == sum(c.num_tokens for r in rows for c in r)
+    assert d["busy_s"] > 0 and 1 <= d["decode_steps"] <= 8 + 1
+    # 6 sequences, each advanced once a step: at most 6 a step, 6 x 8 tokens in all
+    assert d["decode_steps"] <= d["sequences_decoded"] <= 6 * d["decode_steps"]
+    assert d["sequences_decoded"] == d["generated_tokens"]
+    assert d["prompt_tokens"] == sum(len(engine.tokenizer(p)["input_ids"]) for p in (PROMPT_CODE, PROMPT_FACT))
+    assert 0 <= d["prompt_tokens_computed"] <= d["prompt_tokens"]
+    cfg = engine.llm.llm_engine.vllm_config
+    kv_seqs = cfg.cache_config.num_gpu_blocks * cfg.cache_config.block_size // 2048
+    assert kv_seqs >= 1
+    assert engine.capacity() == min(16, kv_seqs)
 
 
 def test_close_stops_the_engine_processes(engine, smol_dir):
@@ -199,10 +291,19 @@ def test_close_stops_the_engine_processes(engine, smol_dir):
     from rstar.policy import load_policy
 
     before = set(_descendants(os.getpid()))
+    thread = engine._engine.thread
+    assert thread.is_alive()
+    running = engine.submit(PROMPT_CODE, max_tokens=1500, temperature=0)  # still decoding at close()
     engine.close()
     engine.close()
+    assert not thread.is_alive()
+    assert not [t for t in __import__("threading").enumerate() if t.name == "rstar-vllm-engine"]
+    with pytest.raises(ModelUnavailable, match="closed"):
+        running.result(timeout=60)
     with pytest.raises(ModelUnavailable, match="closed"):
         engine.generate(["x"], max_tokens=1)
+    with pytest.raises(ModelUnavailable, match="closed"):
+        engine.submit("x", max_tokens=1)
 
     p = load_policy(f"vllm:{smol_dir}", options={"max_model_len": "2048", "kv_cache_space": "1",
                                                  "enforce_eager": "true", "deterministic": "false"})
@@ -216,6 +317,38 @@ def test_close_stops_the_engine_processes(engine, smol_dir):
     left = {q: c for q, c in _descendants(os.getpid()).items() if q in spawned}
     assert not left, left
     p.close()
+
+
+def test_batch_options_reach_vllm(smol_dir):
+    """max_num_batched_tokens, block_size, max_num_seqs reach vLLM's scheduler and cache; a step
+    budget of 512 tokens serves 8 seeded prompts of ~180 tokens (1,400 new tokens) whole, one
+    step after another (with chunked prefill, vLLM's default, the CPU build crashed on it).
+    Settings that would crash a seeded request, or that vLLM refuses, get one line first.
+    Runs after the module's engine is closed: two in-process engines share vLLM's process-wide
+    state (closing one broke the other's next call: "pipeline model parallel group is not
+    initialized")."""
+    from rstar.policy import BackendOptionError, load_policy
+
+    with pytest.raises(BackendOptionError, match="max_num_batched_tokens=256 is below max_model_len=512"):
+        load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_batched_tokens": "256"})
+    with pytest.raises(BackendOptionError, match=r"max_num_batched_tokens >= max_num_seqs \* max_model_len = 4096"):
+        load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_seqs": "8",
+                                                 "enable_chunked_prefill": "true", "max_num_batched_tokens": "1024"})
+    p = load_policy(f"vllm:{smol_dir}", options={"max_model_len": "512", "max_num_batched_tokens": "512",
+                                                 "block_size": "64", "max_num_seqs": "8", "kv_cache_space": "1"})
+    try:
+        cfg = p.llm.llm_engine.vllm_config
+        assert cfg.scheduler_config.max_num_batched_tokens == 512 and cfg.scheduler_config.max_num_seqs == 8
+        assert cfg.scheduler_config.enable_chunked_prefill is False and cfg.cache_config.block_size == 64
+        prompts = _long_prompts(8, words=60)
+        assert sum(len(p.tokenizer(x)["input_ids"]) for x in prompts) > 2 * 512
+        rows = p.generate(prompts, n=2, max_tokens=4, temperature=1.0, seed=list(range(8)))
+        assert [len(r) for r in rows] == [2] * 8
+        alone = p.generate([prompts[5]], n=2, max_tokens=4, temperature=1.0, seed=[5])
+        assert [c.text for c in alone[0]] == [c.text for c in rows[5]]
+        assert p.capacity() == min(8, cfg.cache_config.num_gpu_blocks * 64 // 512)
+    finally:
+        p.close()
 
 
 # ------------------------------------------------------------------ vLLM's own OpenAI server

@@ -91,6 +91,13 @@ BACKEND_OPTIONS: dict[str, dict[str, tuple[type, str]]] = {
         "tensor_parallel_size": (int, "GPUs to shard the model over"),
         "enable_prefix_caching": (bool, "reuse the KV cache of shared prompt prefixes"),
         "max_num_seqs": (int, "sequences scheduled at once"),
+        "max_num_batched_tokens": (int, "tokens (prompt and generated) one engine step may compute; "
+                                        "on CPU at least max_model_len"),
+        "block_size": (int, "KV-cache block in tokens (prefix caching reuses whole blocks; CPU default 128)"),
+        "enable_chunked_prefill": (bool, "prefill a long prompt over several steps (default: off on CPU, "
+                                         "where a seeded prompt prefilled in parts crashes the engine)"),
+        "expected_context": (int, "tokens a sequence is expected to reach, for capacity() "
+                                  "(default max_model_len)"),
         "seed": (int, "the engine's seed"),
         "deterministic": (bool, "engine in this process, so seeded samples repeat exactly "
                                 "(default: true on CPU, false on GPU)"),
