@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 from rstar.errors import DataError, RstarError
 from rstar.recipe import Recipe
 from rstar.results import CONFIG_FILE, Problem, ResultWriter, read_problems, summarize
+from rstar.search.driver import engine_snapshot, engine_usage
 
 
 @dataclass
@@ -131,7 +132,8 @@ def _load_saved(out: Path) -> dict | None:
 
 
 # Settings that change how fast a run goes, never what it finds.
-_SPEED_ONLY = {("search", "concurrent_problems"), ("sandbox", "size"), ("sandbox", "incremental")}
+_SPEED_ONLY = {("search", "concurrent_problems"), ("search", "driver"), ("sandbox", "size"),
+               ("sandbox", "incremental")}
 
 
 def _result_changing_diff(a: dict, b: dict) -> list[str]:
@@ -218,18 +220,30 @@ def run_dataset(data: str | Path | Iterable[Problem], out: str | Path, recipe: R
                 recipe.save(out / CONFIG_FILE, meta)
             elif todo:
                 comps = open_components(recipe, stack)
-                if recipe.search.concurrent_problems is None and comps.policy.preferred_concurrency:
-                    recipe.search = recipe.search.replace(concurrent_problems=comps.policy.preferred_concurrency)
-                recipe.save(out / CONFIG_FILE, meta)
                 search = make_search(recipe, comps, run_id)
+                if recipe.search.concurrent_problems is None:  # sized to the engine; saved as run
+                    recipe.search = recipe.search.replace(concurrent_problems=search.in_flight())
+                recipe.save(out / CONFIG_FILE, meta)
                 state["search"] = search
-                for result in search.search(todo):
-                    accept(result)
+                before, t0 = engine_snapshot(search), time.perf_counter()
+                results = search.search(todo)
+                try:
+                    for result in results:
+                        accept(result)
+                finally:  # stop the trees still in flight; the engine's use, kept over resumes
+                    results.close()
+                    meta["engine"] = engine_usage(before, engine_snapshot(search), time.perf_counter() - t0,
+                                                  (saved or {}).get("engine"), driver=recipe.search.driver,
+                                                  in_flight=recipe.search.concurrent_problems)
+                    recipe.save(out / CONFIG_FILE, meta)
     finally:
         if bad:
             print(f"skipped {len(bad)} malformed line(s) of {source}: " + "; ".join(map(str, bad[:5])),
                   file=sys.stderr)
-    return summarize(writer.done.values())
+    summary = summarize(writer.done.values())
+    if meta.get("engine") or (saved or {}).get("engine"):
+        summary["engine"] = meta.get("engine") or saved["engine"]
+    return summary
 
 
 def _progress(total: int, initial: int, disable: bool):

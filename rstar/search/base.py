@@ -160,6 +160,7 @@ class Search:
         self._local = threading.local()     # per thread: the round's time split, the async run
         self._lock = threading.Lock()       # shared counters (time, expansions)
         self._scorer_lock = threading.Lock()  # a scorer not marked thread_safe is called by one thread at a time
+        self.direct_calls = Counter()        # direct generate calls: busy_s, decode_steps, sequences, tokens
 
     # ------------------------------------------------------------------ drivers
     def search(self, problems: Iterable[Problem]) -> Iterator[dict]:
@@ -385,6 +386,12 @@ class Search:
             kw = {} if nodes is None else {"nodes": list(nodes)}
             out = self.policy.generate(prompts, n=n, stop=stops, max_tokens=max_tokens,
                                        temperature=temperature, seed=list(seeds), **kw)
+            with self._lock:  # the engine's use where the backend does not count it (engine_snapshot)
+                c = self.direct_calls
+                c["busy_s"] += time.perf_counter() - t0
+                c["decode_steps"] += 1
+                c["sequences_decoded"] += len(prompts) * n
+                c["generated_tokens"] += sum(int(x.num_tokens or 0) for comps in out for x in comps)
         if self._round_split is not None:
             self._round_split.model_s += time.perf_counter() - t0
         for tr in trees:

@@ -129,14 +129,24 @@ _COUNTERS = ("busy_s", "decode_steps", "sequences_decoded", "prompt_tokens", "pr
              "generated_tokens")
 
 
-def engine_snapshot(policy) -> dict:
-    """``policy.stats()`` now (an empty dict where a backend has none)."""
+def engine_snapshot(search) -> dict:
+    """The engine's counters now: ``policy.stats()`` where the backend keeps its own; else what
+    the default submit batcher counted plus the search's own direct ``generate`` calls (the
+    lockstep driver's), each call one engine step."""
+    from rstar.policy.base import Policy
+
+    policy = search.policy
     stats = getattr(policy, "stats", None)
+    native = callable(stats) and getattr(type(policy), "stats", None) is not Policy.stats
     try:
-        got = stats() if callable(stats) else None
+        got = stats() if native else (Policy.stats(policy) if isinstance(policy, Policy) else None)
     except Exception:
         got = None
-    return dict(got) if isinstance(got, dict) else {}
+    got = dict(got) if isinstance(got, dict) else {}
+    if not native:
+        for k, v in search.direct_calls.items():
+            got[k] = (got.get(k) or 0) + v
+    return got
 
 
 def engine_usage(before: dict, after: dict, wall_s: float, earlier: dict | None = None, **extra) -> dict:
@@ -177,3 +187,15 @@ def format_engine(usage: dict) -> str:
     where = [f"{k} {usage[k]}" for k in ("driver", "in_flight") if usage.get(k) is not None]
     return "engine: " + (", ".join(parts) or "no counters from this backend") + (f" ({', '.join(where)})"
                                                                                if where else "")
+
+
+def saved_engine(out) -> dict | None:
+    """The engine usage a run saved in its run.json (None when it has none)."""
+    import json
+    from pathlib import Path
+
+    try:
+        got = json.loads((Path(out) / "run.json").read_text()).get("engine")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return got if isinstance(got, dict) else None
