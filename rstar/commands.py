@@ -125,14 +125,17 @@ def _search_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--select", choices=SELECTIONS, dest="answer_selection", help="answer selection (see below)")
     g.add_argument("--top-k", type=int, dest="top_k_vote", help="k of --select topk_vote")
     g.add_argument("--concurrent", type=int, dest="concurrent_problems",
-                   help="problems searched at once (default: what the backend prefers; 1 for llama.cpp, "
-                        "whose single KV cache would be re-filled at every switch between problems)")
+                   help="problems searched at once, at most (default: sized to the engine's batch; 1 for "
+                        "llama.cpp, whose single KV cache would be re-filled at every switch between problems)")
     g.add_argument("--seed", type=int)
+    g.add_argument("--driver", choices=("async", "lockstep"),
+                   help="async (default): each tree advances as its completions return; lockstep: one shared "
+                        "model call per round (the same trees, slower)")
 
 
 _KNOBS = ("rollouts", "children", "max_depth", "error_threshold", "temperature", "c", "leaves_per_tree",
           "max_tokens", "max_rounds", "beam_width", "beam_samples", "n", "mctsr_rollouts", "mctsr_max_children",
-          "self_eval_samples", "answer_selection", "top_k_vote", "concurrent_problems", "seed")
+          "self_eval_samples", "answer_selection", "top_k_vote", "concurrent_problems", "seed", "driver")
 
 
 def recipe_from_args(args):
@@ -246,6 +249,9 @@ def cmd_run(args) -> int:
         print(f"interrupted: finished problems are saved in {args.out}; continue with --resume", file=sys.stderr)
         return 130
     print(format_summary(summary))
+    if summary.get("engine"):
+        from rstar.search.driver import format_engine
+        print(format_engine(summary["engine"]))
     return 0
 
 
@@ -258,8 +264,13 @@ def cmd_eval(args) -> int:
     from rstar.results import format_summary, load_results, summarize
 
     summary = summarize(load_results(args.out))
+    from rstar.search.driver import format_engine, saved_engine
+    if saved_engine(args.out):  # the engine's busy fraction and batch occupancy, from run.json
+        summary["engine"] = saved_engine(args.out)
     if args.json:
         print(json.dumps(summary))
     else:
         print(format_summary(summary))
+        if summary.get("engine"):
+            print(format_engine(summary["engine"]))
     return 0

@@ -14,6 +14,7 @@ policy (:meth:`rstar.recipe.Recipe.resolve`) and build the search from it::
 from __future__ import annotations
 
 import sys
+import dataclasses
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -50,7 +51,7 @@ def open_components(recipe: Recipe, stack: ExitStack, *, run_id: str = "",
     sandbox = stack.enter_context(open_sandbox(recipe.sandbox, cpus))
     policy = load_policy(recipe)
     stack.callback(policy.close)
-    recipe = recipe.resolve(policy)
+    recipe = recipe.resolve()
     cfg = recipe.search
     scorer = load_scorer(recipe.scorer, policy=policy, template=template, seed=recipe.seed,
                          samples=cfg.self_eval_samples, max_tokens=cfg.critique_tokens)
@@ -60,6 +61,8 @@ def open_components(recipe: Recipe, stack: ExitStack, *, run_id: str = "",
         search = make_search(recipe.algo, policy, template, sandbox, cfg, scorer=scorer, provenance=provenance)
     except ValueError as exc:
         raise RstarError(str(exc)) from None
+    if cfg.concurrent_problems is None:  # sized to the engine by the search; recorded as it runs
+        recipe = dataclasses.replace(recipe, search=cfg.replace(concurrent_problems=search.in_flight()))
     return Components(recipe=recipe, template=template, sandbox=sandbox, policy=policy, scorer=scorer,
                       search=search)
 

@@ -47,15 +47,12 @@ class Recipe:
         if isinstance(self.search, dict):
             self.search = SearchConfig.from_dict(self.search)
 
-    def resolve(self, policy=None) -> "Recipe":
+    def resolve(self) -> "Recipe":
         """The recipe as it runs, every "the default" filled in (a copy; this one is left as
         it is): the scorer when none is named (the algorithm's own, else ``none``: a blind
-        search), and, given the ``policy``, the problems kept in flight when the recipe does
-        not say (what the policy decodes well at once, ``policy.capacity()``)."""
-        search = self.search
-        if policy is not None and search.concurrent_problems is None:
-            search = search.replace(concurrent_problems=int(policy.capacity()))
-        return dataclasses.replace(self, scorer=self.scorer or OWN_SCORER.get(self.algo, "none"), search=search,
+        search). The problems kept in flight, when the recipe does not say, are sized by the
+        search from the engine's ``capacity()`` (``rstar.components.open_components``)."""
+        return dataclasses.replace(self, scorer=self.scorer or OWN_SCORER.get(self.algo, "none"), search=self.search,
                                    sandbox=dict(self.sandbox), backend_options=dict(self.backend_options))
 
     @property

@@ -28,6 +28,7 @@ from rstar.components import check_problems, open_components
 from rstar.errors import DataError, RstarError
 from rstar.recipe import Recipe
 from rstar.results import CONFIG_FILE, Problem, ResultWriter, read_problems, summarize
+from rstar.search.driver import engine_snapshot, engine_usage
 
 
 def model_hash(spec: str) -> str | None:
@@ -57,7 +58,8 @@ def _load_saved(out: Path) -> dict | None:
 
 
 # Settings that change how fast a run goes, never what it finds.
-_SPEED_ONLY = {("search", "concurrent_problems"), ("sandbox", "size"), ("sandbox", "incremental")}
+_SPEED_ONLY = {("search", "concurrent_problems"), ("search", "driver"), ("sandbox", "size"),
+               ("sandbox", "incremental")}
 
 
 def _result_changing_diff(a: dict, b: dict) -> list[str]:
@@ -105,12 +107,15 @@ def run_dataset(data: str | Path | Iterable[Problem], out: str | Path, recipe: R
             if todo and ray is not None:
                 _search_on_ray(todo, recipe, ray, out, meta, sink)
             elif todo:
-                _search_here(todo, recipe, out, meta, sink, stack)
+                _search_here(todo, recipe, out, meta, sink, stack, saved.get("engine"))
     finally:
         if bad:
             print(f"skipped {len(bad)} malformed line(s) of {source}: " + "; ".join(map(str, bad[:5])),
                   file=sys.stderr)
-    return summarize(writer.done.values())
+    summary = summarize(writer.done.values())
+    if meta.get("engine") or saved.get("engine"):
+        summary["engine"] = meta.get("engine") or saved["engine"]
+    return summary
 
 
 def _read(data: str | Path | Iterable[Problem], limit: int | None, source: str | None,
@@ -147,12 +152,22 @@ def _resolved(saved: dict) -> dict:
         return saved
 
 
-def _search_here(todo: list[Problem], recipe: Recipe, out: Path, meta: dict, sink: "_Sink", stack: ExitStack) -> None:
+def _search_here(todo: list[Problem], recipe: Recipe, out: Path, meta: dict, sink: "_Sink", stack: ExitStack,
+                 engine_before: dict | None) -> None:
     comps = open_components(recipe, stack, run_id=meta["run_id"])
     comps.recipe.save(out / CONFIG_FILE, meta)  # the recipe as it runs: concurrency resolved
-    sink.search = comps.search
-    for result in comps.search.search(todo):
-        sink.accept(result)
+    search = sink.search = comps.search
+    before, t0 = engine_snapshot(search), time.perf_counter()
+    results = search.search(todo)
+    try:
+        for result in results:
+            sink.accept(result)
+    finally:  # stop the trees still in flight; the engine's use, added up over resumes
+        results.close()
+        meta["engine"] = engine_usage(before, engine_snapshot(search), time.perf_counter() - t0, engine_before,
+                                      driver=comps.recipe.search.driver,
+                                      in_flight=comps.recipe.search.concurrent_problems)
+        comps.recipe.save(out / CONFIG_FILE, meta)
 
 
 def _search_on_ray(todo: list[Problem], recipe: Recipe, address: str, out: Path, meta: dict, sink: "_Sink") -> None:

@@ -34,6 +34,7 @@ falls back to a vote, and back-up adds nothing the scorer did not say.
 from __future__ import annotations
 
 import re
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
@@ -78,6 +79,7 @@ class NoScorer:
     name = "none"
     needs_gold = False
     scores_partial = False
+    thread_safe = True  # the search may call it from several trees' threads at once
 
     def score(self, items: list[ScoreItem]) -> list[float | None]:
         return [None] * len(items)
@@ -94,6 +96,7 @@ class GoldScorer:
     name = "gold"
     needs_gold = True
     scores_partial = False
+    thread_safe = True
 
     def __init__(self, timeout: float = 2.0) -> None:
         self.timeout = timeout
@@ -166,6 +169,7 @@ class SelfEvalScorer:
 
     needs_gold = False
     scores_partial = False
+    thread_safe = True  # model calls go through policy.submit; the counters take a lock
 
     def __init__(self, policy, samples: int = 3, temperature: float = 0.7, max_tokens: int = 256,
                  seed: int = 0) -> None:
@@ -179,6 +183,7 @@ class SelfEvalScorer:
         self.seed = seed
         self.unparsed = 0
         self.graded = 0
+        self._lock = threading.Lock()
 
     def grades(self, questions: Sequence[str], solutions: Sequence[str], keys: Sequence[tuple]) -> list[list[float]]:
         """Parsed grades in [-100, 100] for each (question, solution); unparseable ones dropped."""
@@ -187,17 +192,20 @@ class SelfEvalScorer:
         prompts = [self.policy.format_chat([{"role": "user", "content": SELF_EVAL_PROMPT.format(
             question=q, solution=s)}]) for q, s in zip(questions, solutions)]
         seeds = [stable_seed(self.seed, "self-eval", *k) for k in keys]
-        comps = self.policy.generate(prompts, n=self.samples, stop=[], max_tokens=self.max_tokens,
-                                     temperature=self.temperature, seed=seeds)
+        # one request per answer through the engine's queue (the same seeds give the same grades
+        # as one batched call), so several trees can be graded at once while the model serves others
+        futs = [self.policy.submit(p, n=self.samples, stop=[], max_tokens=self.max_tokens,
+                                   temperature=self.temperature, seed=s) for p, s in zip(prompts, seeds)]
         out = []
-        for cs in comps:
+        for fut in futs:
             got = []
-            for c in cs:
+            for c in fut.result():
                 g = parse_grade(c.text)
-                self.graded += 1
-                if g is None:
-                    self.unparsed += 1
-                else:
+                with self._lock:
+                    self.graded += 1
+                    if g is None:
+                        self.unparsed += 1
+                if g is not None:
                     got.append(g)
             out.append(got)
         return out

@@ -12,7 +12,12 @@
 
 An algorithm (a peer module in this package) subclasses :class:`Search` and
 decides only what to expand each round (``round``) and when a tree is done
-(``tree_done``). The C++ core (``rstar.tree.Forest``) is the only holder of
+(``tree_done``). Two drivers run the rounds (``SearchConfig.driver``): ``async`` (the
+default) gives each tree in flight its own thread running its rounds alone, its model
+requests sent through ``policy.submit`` as soon as they are made, so the engine, the
+sandbox and the scorer work for different trees at once (rstar.search.driver);
+``lockstep`` runs one round over every tree in flight with one shared model call. The
+trees are the same either way: a round of several trees is the rounds of each. The C++ core (``rstar.tree.Forest``) is the only holder of
 visits, values and flags; this module holds each node's text, keyed by node id,
 and forgets it (and releases the core's nodes and the sandbox's states) once the
 problem's result is written out.
@@ -23,6 +28,7 @@ Results follow docs/TRACE_SCHEMA.md (schema 2).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,15 +37,12 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from rstar import selection
+from rstar.policy.base import NodeRef
 from rstar.results import Problem
 from rstar.scorers import NoScorer, ScoreItem, grade, stable_seed
+from rstar.search import driver as _driver
 from rstar.search.config import SearchConfig
-from rstar.tree import INVALID, MCTSR, TERMINAL, UCT, Forest
-
-try:  # the core's EXHAUSTED flag (a subtree with nothing left), apart from TERMINAL (an answer)
-    from rstar.tree import EXHAUSTED
-except ImportError:  # pragma: no cover - older core
-    EXHAUSTED = 0
+from rstar.tree import EXHAUSTED, INVALID, MCTSR, TERMINAL, UCT, Forest
 
 SCHEMA_VERSION = 2
 
@@ -134,8 +137,7 @@ class Search:
     """Base of every algorithm: the shared stages, the driver loop and the result.
 
     ``search(problems)`` yields one result dict per problem as soon as it finishes,
-    keeping ``config.concurrent_problems`` trees in flight so their leaves share each
-    model call.
+    keeping :meth:`in_flight` trees in flight so their requests share the engine.
     """
 
     algo = "base"
@@ -155,16 +157,39 @@ class Search:
         self.time = TimeSplit()
         self.expansions = 0
         self._incremental = hasattr(sandbox, "release")
-        self._round_split: TimeSplit | None = None
+        self._local = threading.local()     # per thread: the round's time split, the async run
+        self._lock = threading.Lock()       # shared counters (time, expansions)
+        self._scorer_lock = threading.Lock()  # a scorer not marked thread_safe is called by one thread at a time
+        self.direct_calls = Counter()        # direct generate calls: busy_s, decode_steps, sequences, tokens
 
-    # ------------------------------------------------------------------ driver
+    # ------------------------------------------------------------------ drivers
     def search(self, problems: Iterable[Problem]) -> Iterator[dict]:
-        cfg = self.config
+        """One result per problem, as soon as its tree is done (in finishing order), with
+        :meth:`in_flight` trees searched at once by the configured driver."""
+        if self.config.driver == "lockstep":
+            return self._search_lockstep(problems)
+        return self._search_async(problems)
+
+    def solve(self, problem: Problem) -> dict:
+        return next(iter(self.search([problem])))
+
+    def in_flight(self) -> int:
+        """Trees searched at once: ``concurrent_problems`` when set, else sized to the engine
+        (its ``capacity()`` over :meth:`sequences_per_tree`)."""
+        return _driver.trees_in_flight(_driver.capacity_of(self.policy), self.sequences_per_tree(),
+                                       self.config.concurrent_problems, self.config.driver)
+
+    def sequences_per_tree(self) -> int:
+        """Sequences one tree asks the engine for at once (an algorithm says how many)."""
+        return 1
+
+    def _search_lockstep(self, problems: Iterable[Problem]) -> Iterator[dict]:
+        width = self.in_flight()
         pending = iter(enumerate(problems))
         active: list[Tree] = []
         exhausted = False
         while True:
-            while not exhausted and len(active) < (cfg.concurrent_problems or 8):
+            while not exhausted and len(active) < width:
                 nxt = next(pending, None)
                 if nxt is None:
                     exhausted = True
@@ -183,25 +208,125 @@ class Search:
                     still.append(tree)
             active = still
 
-    def solve(self, problem: Problem) -> dict:
-        return next(iter(self.search([problem])))
+    def _search_async(self, problems: Iterable[Problem]) -> Iterator[dict]:
+        width = self.in_flight()
+        run = _driver.AsyncRun()
+        pending = iter(enumerate(problems))  # read here only: the caller's iterator needs no lock
+        live, exhausted, failed = 0, False, False
+        try:
+            while True:
+                while not exhausted and live < width:
+                    nxt = next(pending, None)
+                    if nxt is None:
+                        exhausted = True
+                        break
+                    t = threading.Thread(target=self._grow, args=(run, nxt[1], nxt[0]), daemon=True,
+                                         name=f"rstar-tree-{nxt[0]}")
+                    run.threads = [x for x in run.threads if x.is_alive()] + [t]
+                    t.start()
+                    live += 1
+                if not live:
+                    return
+                kind, payload = run.next_event()
+                live -= 1
+                if kind == "error":
+                    failed = True
+                    problem, exc = payload
+                    if hasattr(exc, "add_note"):
+                        exc.add_note(f"(while searching problem {problem.id!r})")
+                    raise exc
+                if kind == "result":
+                    yield payload
+        finally:
+            # an error, Ctrl-C or a caller that stopped reading: the other trees stop at their next wait
+            run.shut(wait_s=10.0 if failed or live else 0.0)
+
+    def _grow(self, run: "_driver.AsyncRun", problem: Problem, index: int) -> None:
+        """One tree's thread: its rounds until it is done, then its result."""
+        self._local.run = run
+        tree = None
+        try:
+            tree = self._new_tree(problem, index)
+            while True:
+                self._timed_round_async(run, tree)
+                if tree.done or self.tree_done(tree):
+                    break
+                if run.stop.is_set():
+                    raise _driver.Stopped()
+            result = self.result(tree)
+            self._forget(tree)
+            tree = None
+            run.events.put(("result", result))
+        except _driver.Stopped:
+            run.events.put(("stopped", None))
+        except BaseException as exc:  # noqa: BLE001 - the caller's thread raises it
+            run.stop.set()
+            run.events.put(("error", (problem, exc)))
+        finally:
+            if tree is not None:
+                try:
+                    self._forget(tree)
+                except Exception:  # a selection still in flight after an error: leave it
+                    pass
+            self._local.run = None
 
     def _timed_round(self, active: list[Tree]) -> None:
         if not active:
             return
         start = time.perf_counter()
-        self._round_split = TimeSplit()
-        self._served: Counter = Counter()
-        self.round(active)
-        split = self._round_split
+        self._round_split = split = TimeSplit()
+        self._served = Counter()
+        try:
+            self.round(active)
+        finally:
+            self._round_split = None
         split.total_s = time.perf_counter() - start
-        self.time.add(split)
+        with self._lock:
+            self.time.add(split)
         served = self._served or Counter({id(t): 1 for t in active})
         total = sum(served.values())
         for t in active:
             if served[id(t)]:
                 t.time.add(split, served[id(t)] / total)
-        self._round_split = None
+
+    def _timed_round_async(self, run: "_driver.AsyncRun", tree: Tree) -> None:
+        """One round of one tree; its times scaled to the tree's share of the wall time."""
+        s0 = run.clock.enter()
+        start = time.perf_counter()
+        self._round_split = split = TimeSplit()
+        self._served = Counter()
+        try:
+            self.round([tree])
+        finally:
+            self._round_split = None
+            share = run.clock.leave() - s0
+            split.total_s = time.perf_counter() - start
+            scaled = TimeSplit()
+            if split.total_s > 0:
+                scaled.add(split, share / split.total_s)
+            tree.time.add(scaled)
+            with self._lock:
+                self.time.add(scaled)
+
+    # per-thread round state: each tree's thread (async) times its own rounds
+    @property
+    def _round_split(self) -> TimeSplit | None:
+        return getattr(self._local, "split", None)
+
+    @_round_split.setter
+    def _round_split(self, value: TimeSplit | None) -> None:
+        self._local.split = value
+
+    @property
+    def _served(self) -> Counter:
+        got = getattr(self._local, "served", None)
+        if got is None:
+            got = self._local.served = Counter()
+        return got
+
+    @_served.setter
+    def _served(self, value: Counter) -> None:
+        self._local.served = value
 
     # ------------------------------------------------------------------ hooks
     def init_tree(self, tree: Tree) -> None:
@@ -243,12 +368,30 @@ class Search:
         return stable_seed(self.config.seed, tree.problem.id, self.info[node].local, purpose)
 
     def generate(self, prompts: list[str], seeds: list[int], n: int, temperature: float,
-                 max_tokens: int | None = None, stop: Sequence[str] | None = None, trees: Sequence[Tree] = ()):
-        """One batched model call, timed, with one seed per prompt."""
+                 max_tokens: int | None = None, stop: Sequence[str] | None = None, trees: Sequence[Tree] = (),
+                 nodes: Sequence[NodeRef] | None = None):
+        """The model's completions of every prompt, timed, with one seed per prompt and one
+        :class:`NodeRef` per prompt (``nodes``). On a tree's thread (async driver) each prompt is
+        submitted to the engine on its own; otherwise one batched ``generate`` call."""
         t0 = time.perf_counter()
-        out = self.policy.generate(prompts, n=n, stop=list(self.template.stop if stop is None else stop),
-                                   max_tokens=max_tokens or self.config.max_tokens,
-                                   temperature=temperature, seed=list(seeds))
+        stops = list(self.template.stop if stop is None else stop)
+        max_tokens = max_tokens or self.config.max_tokens
+        run = getattr(self._local, "run", None)
+        if run is not None:
+            futs = [self.policy.submit(p, n=n, stop=stops, max_tokens=max_tokens, temperature=temperature,
+                                       seed=int(s), node=None if nodes is None else nodes[k])
+                    for k, (p, s) in enumerate(zip(prompts, seeds))]
+            out = [run.wait(f) for f in futs]
+        else:
+            kw = {} if nodes is None else {"nodes": list(nodes)}
+            out = self.policy.generate(prompts, n=n, stop=stops, max_tokens=max_tokens,
+                                       temperature=temperature, seed=list(seeds), **kw)
+            with self._lock:  # the engine's use where the backend does not count it (engine_snapshot)
+                c = self.direct_calls
+                c["busy_s"] += time.perf_counter() - t0
+                c["decode_steps"] += 1
+                c["sequences_decoded"] += len(prompts) * n
+                c["generated_tokens"] += sum(int(x.num_tokens or 0) for comps in out for x in comps)
         if self._round_split is not None:
             self._round_split.model_s += time.perf_counter() - t0
         for tr in trees:
@@ -268,7 +411,8 @@ class Search:
         for (n, temp), idx in by_shape.items():
             prompts = [self._prompt(requests[i].tree, requests[i].node) for i in idx]
             seeds = [self.seed_for(requests[i].tree, requests[i].node) for i in idx]
-            got = self.generate(prompts, seeds, n, temp, trees=[requests[i].tree for i in idx])
+            refs = [self.node_ref(requests[i].tree, requests[i].node) for i in idx]
+            got = self.generate(prompts, seeds, n, temp, trees=[requests[i].tree for i in idx], nodes=refs)
             for i, comps in zip(idx, got):
                 completions[i] = comps
         for r in requests:
@@ -311,13 +455,20 @@ class Search:
                 elif parsed is not None:
                     info.kind = parsed.kind
                 new.append(NewNode(child, r.node, tree, info, parsed))
-        self.expansions += len(new)
+        with self._lock:
+            self.expansions += len(new)
         self.execute(new)
         self._classify(new)
         return new
 
     def _add_children(self, nodes: np.ndarray, counts: np.ndarray, priors: np.ndarray) -> np.ndarray:
         return self.forest.expand(nodes, counts, priors)
+
+    def node_ref(self, tree: Tree, node: int) -> NodeRef:
+        """The engine's name for the request that expands ``node``: (tree key, its local id,
+        its parent's local id or None for the root)."""
+        parent = int(self.forest.view("parent")[node])
+        return NodeRef(tree.key, self.info[node].local, None if parent < 0 else self.info[parent].local)
 
     def _prompt(self, tree: Tree, node: int) -> str:
         return tree.prompt + "".join(self.info[int(n)].shown for n in self.forest.path(node)[1:])
@@ -358,7 +509,15 @@ class Search:
                         self.config.error_threshold)
 
     def _classify(self, new: list[NewNode]) -> None:
-        """Mark finished, cut and too-deep nodes in the core; score; back up."""
+        """The new nodes' fate: mark finished, cut and too-deep ones in the core; score; back up."""
+        terminal, finished = self._mark(new)
+        self._let_go(finished)
+        self._score(new, terminal)
+        self._back_up(new, finished)
+
+    def _mark(self, new: list[NewNode]) -> tuple[list[NewNode], list[NewNode]]:
+        """Invalid and terminal flags in the core. Returns the terminal nodes (an answer) and
+        the finished ones (the path ends here: an answer, no answer, or the depth limit)."""
         cfg = self.config
         depth = self.forest.view("depth")
         invalid, terminal, finished = [], [], []
@@ -366,18 +525,8 @@ class Search:
             info = x.info
             if info.kind == "invalid":
                 invalid.append(x)
-                continue
-            if info.kind == "answer" and x.parsed is not None:
-                info.answer = x.parsed.answer
-            if info.kind in ("final", "answer") and x.parsed is not None and x.parsed.is_terminal:
-                info.finished = True
-                if not info.answer:
-                    info.status = "no_answer"
-                    info.reason = info.reason or "the solution ended without an answer"
-                    info.kind = "invalid"
-                    invalid.append(x)
-                else:
-                    terminal.append(x)
+            elif ends_solution(info, x.parsed):
+                (invalid if info.kind == "invalid" else terminal).append(x)
                 finished.append(x)
             elif int(depth[x.node]) >= cfg.max_depth:
                 info.kind, info.status = "invalid", "max_depth"
@@ -390,40 +539,60 @@ class Search:
             self.forest.mark_terminal(np.array([x.node for x in terminal], dtype=np.int64))
             for x in terminal:
                 x.tree.terminals.append(x.node)
-        if self._incremental and finished:
-            # a finished or cut path is never continued: its interpreter state can go now
-            by_tree: dict[str, list[int]] = {}
-            for x in finished:
-                by_tree.setdefault(x.tree.key, []).append(x.info.local)
-            for key, locals_ in by_tree.items():
+        for x in terminal:
+            if x.tree.problem.gold is not None:
+                x.info.correct = grade(x.info.answer, x.tree.problem.gold)
+        return terminal, finished
+
+    def _let_go(self, finished: list[NewNode]) -> None:
+        """A finished or cut path is never continued: its interpreter state can go now, and the
+        engine may drop what it keeps for those nodes."""
+        by_tree: dict[str, list[int]] = {}
+        for x in finished:
+            by_tree.setdefault(x.tree.key, []).append(x.info.local)
+        for key, locals_ in by_tree.items():
+            if self._incremental:
                 try:
                     self.sandbox.release(key, locals_)
                 except Exception:  # a dead container has nothing left to release
                     pass
-        for x in terminal:
-            if x.tree.problem.gold is not None:
-                x.info.correct = grade(x.info.answer, x.tree.problem.gold)
-        # Score: finished solutions always; partial ones when the scorer values them.
+            self.policy.forget(key, locals_)
+
+    def _score(self, new: list[NewNode], terminal: list[NewNode]) -> None:
+        """Scorer values: finished solutions always; partial ones when the scorer values them."""
         to_score = list(terminal)
         if getattr(self.scorer, "scores_partial", False):
             to_score += [x for x in new if x.info.kind == "code"]
         if to_score:
-            t0 = time.perf_counter()
-            values = self.scorer.score([self._score_item(x.tree, x.node) for x in to_score])
-            if self._round_split is not None:
-                self._round_split.scorer_s += time.perf_counter() - t0
+            values = self.score_items([self._score_item(x.tree, x.node) for x in to_score])
             for x, v in zip(to_score, values):
                 x.info.value = None if v is None else max(-1.0, min(1.0, float(v)))
-        # Back up: finished and cut paths count as rollouts; scored partial nodes start
-        # with their value as one visit (rStar-Math's PPM initialisation).
+
+    def score_items(self, items: list[ScoreItem]) -> list:
+        """One timed scorer call (one thread at a time for a scorer not marked ``thread_safe``)."""
+        return self.call_scorer(self.scorer.score, items)
+
+    def call_scorer(self, fn, *args):
+        t0 = time.perf_counter()
+        if getattr(self.scorer, "thread_safe", False):
+            out = fn(*args)
+        else:
+            with self._scorer_lock:
+                out = fn(*args)
+        if self._round_split is not None:
+            self._round_split.scorer_s += time.perf_counter() - t0
+        return out
+
+    def _back_up(self, new: list[NewNode], finished: list[NewNode]) -> None:
+        """Finished and cut paths count as rollouts and back up their value (-1 when cut);
+        scored partial nodes start with their value as one visit (rStar-Math's PPM initialisation)."""
         nodes, vals = [], []
         for x in finished:
             x.tree.rollouts += 1
+            nodes.append(x.node)
             if x.info.kind == "invalid":
-                nodes.append(x.node)
                 vals.append(-1.0)
             else:
-                nodes.append(x.node)
                 vals.append(x.info.value if x.info.value is not None else 0.0)
         for x in new:
             if x.info.kind == "code" and x.info.value is not None:
@@ -452,9 +621,8 @@ class Search:
                 self.sandbox.release(tree.key)
             except Exception:  # a dead container has nothing left to release
                 pass
-        release = getattr(self.forest, "release", None)
-        if release is not None:
-            release(np.array([tree.root], dtype=np.int64))
+        self.policy.forget(tree.key)
+        self.forest.release(np.array([tree.root], dtype=np.int64))
 
     # ------------------------------------------------------------------ results
     def select_answer(self, tree: Tree) -> tuple[list[selection.Candidate], selection.Selection]:
@@ -534,10 +702,8 @@ class Search:
             kind = None
             if i.finished and i.answer and flags & TERMINAL:
                 kind = "answer"
-            elif EXHAUSTED and flags & EXHAUSTED:
+            elif flags & EXHAUSTED:
                 kind = "exhausted"
-            elif flags & TERMINAL and not i.finished:
-                kind = "exhausted"  # a core without EXHAUSTED marks dead subtrees TERMINAL
             q = (float(arrays["value_sum"][k]) / visits) if visits else None
             if self.rule == MCTSR:  # MCTSr's Q is the backed-up quality (rewards in [-100, 100], shown / 100)
                 qb = float(arrays["q_backed"][k])
@@ -587,6 +753,22 @@ def apply_execution(template, info: StepInfo, parsed, parent_errors: int, res, e
         # failing step in a row reaches the threshold. A failed final step is not an ending.
         info.kind = "code"
         info.output = res.error or res.status
+
+
+def ends_solution(info: StepInfo, parsed) -> bool:
+    """Whether this step ends its solution (a final step or an answer); records an answer
+    step's answer. A solution that ends without an answer makes the step invalid
+    (``no_answer``). Shared by the step-tree algorithms and MCTSr's whole solutions."""
+    if info.kind == "answer" and parsed is not None:
+        info.answer = parsed.answer
+    if not (info.kind in ("final", "answer") and parsed is not None and parsed.is_terminal):
+        return False
+    info.finished = True
+    if not info.answer:
+        info.status = "no_answer"
+        info.reason = info.reason or "the solution ended without an answer"
+        info.kind = "invalid"
+    return True
 
 
 def _prior(comp) -> float:

@@ -38,5 +38,8 @@ class BeamSearch(Search):
             if not t.state["beams"]:
                 t.done = True
 
+    def sequences_per_tree(self) -> int:
+        return self.config.beam_width * self.config.beam_samples
+
     def tree_done(self, tree: Tree) -> bool:
         return tree.done or tree.rounds >= self.config.max_rounds

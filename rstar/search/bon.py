@@ -41,5 +41,8 @@ class BestOfN(Search):
             if not t.state["live"]:
                 t.done = True
 
+    def sequences_per_tree(self) -> int:
+        return self.samples()
+
     def tree_done(self, tree: Tree) -> bool:
         return tree.done or tree.rounds >= self.config.max_rounds

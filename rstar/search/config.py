@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from rstar.selection import METHODS as SELECTIONS
 
 ALGORITHMS = ("mcts", "puct", "beam", "bon", "mctsr", "greedy")
+DRIVERS = ("async", "lockstep")
 
 
 @dataclass
@@ -58,8 +59,11 @@ class SearchConfig:
     max_rounds: int = 200            # model calls per problem at most: a search always ends
     answer_selection: str = "auto"   # auto | best | vote | weighted_vote | topk_vote (see rstar.selection)
     top_k_vote: int = 4              # k of topk_vote
-    concurrent_problems: int | None = None  # trees in flight at once (their leaves share each model call);
-                                            # None: what the backend prefers (1 for llama.cpp), else 8
+    concurrent_problems: int | None = None  # trees in flight at once, at most; None: sized to the engine
+                                            # (its capacity() over the sequences one tree asks for at once)
+    driver: str = "async"            # async: each tree advances on its own as its completions return, so
+                                     # model, sandbox and scorer overlap; lockstep: every tree in flight
+                                     # waits for one shared model call per round (same trees either way)
     seed: int = 0
     # mcts (rStar-Math, UCT) and puct (AlphaMath)
     rollouts: int = 8                # finished or cut paths per problem (rStar: 48 data gen, 12 eval; paper round 1: 8)
@@ -85,6 +89,8 @@ class SearchConfig:
         for name in positive:
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {', '.join(DRIVERS)}; got {self.driver!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.answer_selection not in SELECTIONS:

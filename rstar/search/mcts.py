@@ -38,5 +38,8 @@ class MCTS(Search):
         finally:
             self.forest.cancel(leaves)
 
+    def sequences_per_tree(self) -> int:
+        return self.config.leaves_per_tree * self.config.children
+
     def tree_done(self, tree: Tree) -> bool:
         return tree.rollouts >= self.config.rollouts or super().tree_done(tree)

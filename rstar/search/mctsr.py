@@ -23,14 +23,14 @@ reward of -100, so it is never itself chosen for expansion once its children are
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rstar.errors import RstarError
+from rstar.policy.base import NodeRef
 from rstar.scorers import ScoreItem, SelfEvalScorer, grade, stable_seed
-from rstar.search.base import Search, StepInfo, Tree, apply_execution
+from rstar.search.base import Search, StepInfo, Tree, apply_execution, ends_solution
 from rstar.tree import MCTSR
 
 DUMMY_ANSWER = "I don't know."
@@ -52,6 +52,7 @@ class Whole:
 
     prompt: str
     seed: int
+    key: str = ""   # the engine's name for this solution's requests (step d: node d, parent d - 1)
     shown: list = field(default_factory=list)
     text: list = field(default_factory=list)
     codes: list = field(default_factory=list)
@@ -82,6 +83,10 @@ class MCTSr(Search):
     def init_tree(self, tree: Tree) -> None:
         tree.state["iter"] = 0
         tree.state["ready"] = False
+        tree.state["writes"] = 0
+
+    def sequences_per_tree(self) -> int:
+        return 1  # one whole solution written (or one critique) at a time
 
     # ------------------------------------------------------------------ rounds
     def round(self, active: list[Tree]) -> None:
@@ -133,8 +138,11 @@ class MCTSr(Search):
             crit_prompts = [self.policy.format_chat([{"role": "user", "content": CRITIQUE_PROMPT.format(
                 question=t.problem.question, solution=self._solution_text(n))}]) for t, n in chosen]
             seeds = [self.seed_for(t, n, "critique") for t, n in chosen]
+            refs = [NodeRef(f"{t.key}/critique{t.state['iter']}", 0, None) for t, _ in chosen]
             crits = self.generate(crit_prompts, seeds, 1, cfg.temperature, max_tokens=cfg.critique_tokens,
-                                  stop=[], trees=[t for t, _ in chosen])
+                                  stop=[], trees=[t for t, _ in chosen], nodes=refs)
+            for ref in refs:
+                self.policy.forget(ref.tree)
             jobs = []
             for (t, n), cs in zip(chosen, crits):
                 t.tokens += int(cs[0].num_tokens or 0)
@@ -164,7 +172,10 @@ class MCTSr(Search):
         """Write one whole solution per job (tree, prompt, seed), step by step through the
         shared stages: generate (batched over jobs), parse, execute (one sandbox batch per step)."""
         cfg, t = self.config, self.template
-        wholes = [Whole(prompt=p, seed=s) for _, p, s in jobs]
+        wholes = []
+        for tr, p, s in jobs:
+            tr.state["writes"] = tr.state.get("writes", 0) + 1
+            wholes.append(Whole(prompt=p, seed=s, key=f"{tr.key}/whole{tr.state['writes']}"))
         trees = [tr for tr, _, _ in jobs]
         for depth in range(cfg.max_depth):
             live = [k for k, w in enumerate(wholes) if not w.done]
@@ -172,7 +183,8 @@ class MCTSr(Search):
                 break
             comps = self.generate([wholes[k].prompt + "".join(wholes[k].shown) for k in live],
                                   [stable_seed(wholes[k].seed, depth) for k in live], 1, cfg.temperature,
-                                  trees=[trees[k] for k in live])
+                                  trees=[trees[k] for k in live],
+                                  nodes=[NodeRef(wholes[k].key, depth, depth - 1 if depth else None) for k in live])
             for tr in {id(trees[k]): trees[k] for k in live}.values():
                 tr.rounds += 1
             run, runs = [], []
@@ -205,6 +217,7 @@ class MCTSr(Search):
             if not w.done:
                 w.done, w.status = True, "max_depth"
                 w.reason = f"reached the depth limit ({cfg.max_depth} steps) without an answer"
+            self.policy.forget(w.key)
         return wholes
 
     @staticmethod
@@ -217,13 +230,11 @@ class MCTSr(Search):
         if info.code:
             w.codes.append(info.code)
         w.output = info.stdout or w.output
-        if info.kind == "answer" and parsed is not None:
-            info.answer = parsed.answer
-        if info.kind in ("final", "answer") and parsed is not None and parsed.is_terminal:
+        if ends_solution(info, parsed):
             w.done = True
             w.answer = info.answer
             if not w.answer:
-                w.status, w.reason = "no_answer", "the solution ended without an answer"
+                w.status, w.reason = info.status, info.reason
 
     def _whole_node(self, tree: Tree, node: int, w: Whole) -> None:
         info = StepInfo(len(tree.nodes), "".join(w.text), kind="whole")
@@ -251,19 +262,16 @@ class MCTSr(Search):
 
     def _rate(self, pairs: list[tuple[Tree, int]]) -> None:
         """Reward samples for each (tree, node), added to the core in one call."""
-        t0 = time.perf_counter()
         if isinstance(self.scorer, SelfEvalScorer):
-            grades = self.scorer.grades([t.problem.question for t, _ in pairs],
-                                        [self._solution_text(n) for _, n in pairs],
-                                        [(t.problem.id, self.info[n].local) for t, n in pairs])
+            grades = self.call_scorer(self.scorer.grades, [t.problem.question for t, _ in pairs],
+                                      [self._solution_text(n) for _, n in pairs],
+                                      [(t.problem.id, self.info[n].local) for t, n in pairs])
         else:
             items = [ScoreItem(question=t.problem.question, steps=[self.info[n].shown],
                                prompt=t.prompt + self.info[n].shown, finished=self.info[n].finished,
                                answer=self.info[n].answer, gold=t.problem.gold,
                                key=(t.problem.id, self.info[n].local)) for t, n in pairs]
-            grades = [[] if v is None else [100.0 * v] for v in self.scorer.score(items)]
-        if self._round_split is not None:
-            self._round_split.scorer_s += time.perf_counter() - t0
+            grades = [[] if v is None else [100.0 * v] for v in self.score_items(items)]
         nodes, rewards = [], []
         for (t, n), g in zip(pairs, grades):
             if g:
