@@ -225,10 +225,10 @@ def lora_to_gguf(adapter_dir: str | Path, base_gguf: str | Path, out_path: str |
 
 
 def load_dense_base(spec: str):
-    """``rstar.train.base.load_base`` with transformers' GGUF quantizer detached: a GGUF is loaded
+    """``rstar.basemodel.load_base`` with transformers' GGUF quantizer detached: a GGUF is loaded
     as float weights, but the quantizer left on the model makes Trainer refuse to train it and
     save_pretrained refuse to save it."""
-    from rstar.train.base import load_base
+    from rstar.basemodel import load_base
 
     model, tok = load_base(spec)
     quantizer = getattr(model, "hf_quantizer", None)
@@ -263,7 +263,7 @@ def merge_adapter(base_spec: str, adapter_dir: str | Path, out_dir: str | Path) 
 
 def base_gguf_path(base_spec: str) -> Path | None:
     """The GGUF file behind a base spec, or None for an HF directory or id."""
-    from rstar.train.base import resolve_base
+    from rstar.basemodel import resolve_base
 
     where, gguf_file = resolve_base(base_spec)
     return Path(where) / gguf_file if gguf_file else None

@@ -344,7 +344,7 @@ class Evolve:
                                     epochs=b.ppm_epochs, seed=self.cfg.seed)
         else:
             res = reward.train_lm("ppm", train, held, base, out, progress=self.cfg.progress,
-                                  source=str(self.rdir(k) / "data"), epochs=b.ppm_epochs or 2.0, lr=None,
+                                  source=str(self.rdir(k) / "data"), epochs=b.ppm_epochs, lr=None,
                                   batch_size=4, grad_accum=1, max_steps=b.ppm_max_steps, lora_r=b.lora_r,
                                   max_length=b.max_length, weight_decay=None, seed=self.cfg.seed,
                                   resume=(out / "checkpoints").is_dir(), precision=b.precision)

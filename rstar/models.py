@@ -85,16 +85,27 @@ def _marker(path: Path) -> Path:
     return path.with_name(path.name + ".verified")
 
 
-def sha256_file(path: Path, progress: bool = False) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f, _bar(progress, path.stat().st_size, f"sha256 {path.name}") as bar:
-        while True:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                break
-            h.update(chunk)
-            bar.update(len(chunk))
-    return h.hexdigest()
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_file(path: str | os.PathLike, progress: bool = False) -> str:
+    """The sha256 of a file, computed once per process for a given path, inode, size and
+    modification time (a model file is hashed when a run starts and again whenever a trained
+    scorer checks its base)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f, _bar(progress, st.st_size, f"sha256 {path.name}") as bar:
+            while True:
+                chunk = f.read(CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                bar.update(len(chunk))
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
 
 
 class _NoBar:

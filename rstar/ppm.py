@@ -30,7 +30,6 @@ return a scorer for ``rstar.scorers`` (``ppm:PATH`` / ``value:PATH``): values in
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -41,6 +40,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rstar.basemodel import base_identity, describe_base, same_base
 from rstar.errors import ModelUnavailable, RstarError
 
 MANIFEST = "rstar_ppm.json"
@@ -52,53 +52,6 @@ PPM_SCALE = 5.0          # rStar-Math: the search reads tanh(r / 5)
 
 class PPMError(RstarError):
     """A trained scorer directory that cannot be used (wrong kind, another base model, missing files)."""
-
-
-# ---------------------------------------------------------------- base model identity
-
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    p = Path(path)
-    st = p.stat()
-    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-def base_identity(spec: str) -> dict:
-    """What names a base model for good: a GGUF file's path, size and sha256; a directory's path
-    and weight-file sizes; an HF id as given."""
-    from rstar.train.base import resolve_base
-
-    where, gguf = resolve_base(spec)
-    if gguf:
-        p = Path(where) / gguf
-        return {"spec": str(spec), "path": str(p.resolve()), "gguf": True, "size": p.stat().st_size,
-                "sha256": sha256_file(p)}
-    d = Path(where)
-    if d.is_dir():
-        weights = sorted(f for f in d.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf"))
-        return {"spec": str(spec), "path": str(d.resolve()), "gguf": False,
-                "size": sum(f.stat().st_size for f in weights), "sha256": None}
-    return {"spec": str(spec), "path": where, "gguf": False, "size": None, "sha256": None}
-
-
-def same_base(a: dict, b: dict) -> bool:
-    if a.get("sha256") and b.get("sha256"):
-        return a["sha256"] == b["sha256"]
-    return a.get("path") == b.get("path") and a.get("size") == b.get("size")
-
-
-def _describe(b: dict) -> str:
-    tail = f", sha256 {b['sha256'][:12]}" if b.get("sha256") else ""
-    return f"{Path(b.get('path') or b.get('spec', '?')).name}{tail}"
 
 
 # ---------------------------------------------------------------- the manifest
@@ -136,10 +89,10 @@ def check_base(manifest: dict, where: str | Path, spec: str | None = None) -> di
     try:
         now = base_identity(spec)
     except (ModelUnavailable, OSError) as exc:
-        raise PPMError(f"{where} was trained on {_describe(rec)}, which cannot be found now ({exc}); "
+        raise PPMError(f"{where} was trained on {describe_base(rec)}, which cannot be found now ({exc}); "
                        f"restore that file") from None
     if not same_base(rec, now):
-        raise PPMError(f"{where} was trained on base model {_describe(rec)}, not {_describe(now)}: "
+        raise PPMError(f"{where} was trained on base model {describe_base(rec)}, not {describe_base(now)}: "
                        f"a PPM only works on its own base; train one for this model")
     return now
 
@@ -287,7 +240,7 @@ class HFFeatures:
     def __init__(self, spec: str, model: Any = None, tokenizer: Any = None, max_length: int = 4096) -> None:
         import torch
 
-        from rstar.train.base import device, load_base
+        from rstar.basemodel import device, load_base
 
         if model is None:
             model, tokenizer = load_base(spec, kind="causal")
@@ -343,89 +296,6 @@ class LinearHead:
     @staticmethod
     def standardizer(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x.mean(0), x.std(0) + 1e-4
-
-
-def fit_pair_head(xc: np.ndarray, xr: np.ndarray, weight: np.ndarray | None = None, *, epochs: int = 300,
-                  lr: float = 0.01, weight_decay: float = 0.01, eval_every: int = 25, eval_fn=None,
-                  progress: bool = True, seed: int = 0) -> tuple[LinearHead, list[dict]]:
-    """Bradley-Terry on a linear head, full batch: ``-log sigmoid(r(chosen) - r(rejected))``,
-    each pair weighted (rStar's 1/(pos*neg)). ``eval_fn(head) -> dict`` runs every
-    ``eval_every`` epochs (held-out accuracy). Stops with an error on a non-finite loss."""
-    import torch
-
-    torch.manual_seed(seed)
-    mean, std = LinearHead.standardizer(np.concatenate([xc, xr]))
-    zc = torch.tensor((xc - mean) / std, dtype=torch.float32)
-    zr = torch.tensor((xr - mean) / std, dtype=torch.float32)
-    wt = torch.tensor(weight if weight is not None else np.ones(len(xc)), dtype=torch.float32)
-    wt = wt / wt.sum()
-    w = torch.zeros(zc.shape[1], requires_grad=True)
-    opt = torch.optim.AdamW([w], lr=lr, weight_decay=weight_decay)
-    history = []
-    it = range(1, epochs + 1)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="train head", unit="epoch")
-    for epoch in it:
-        opt.zero_grad()
-        loss = -(torch.nn.functional.logsigmoid((zc - zr) @ w) * wt).sum()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}; lower --lr")
-        loss.backward()
-        opt.step()
-        if epoch % eval_every == 0 or epoch == epochs:
-            with torch.no_grad():
-                acc = float(((zc - zr) @ w > 0).float().mean())
-            row = {"epoch": epoch, "loss": float(loss.detach()), "train_accuracy": acc}
-            head = LinearHead(w.detach().numpy(), 0.0, mean, std)
-            if eval_fn is not None:
-                row.update(eval_fn(head))
-            history.append(row)
-            if progress:
-                it.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
-    return LinearHead(w.detach().numpy(), 0.0, mean, std), history
-
-
-def fit_value_head(x: np.ndarray, q: np.ndarray, *, epochs: int = 300, lr: float = 0.01,
-                   weight_decay: float = 0.01, eval_every: int = 25, eval_fn=None, progress: bool = True,
-                   seed: int = 0) -> tuple[LinearHead, list[dict]]:
-    """AlphaMath's value loss on a linear head, full batch: ``MSE(tanh(v), Q)``."""
-    import torch
-
-    torch.manual_seed(seed)
-    mean, std = LinearHead.standardizer(x)
-    z = torch.tensor((x - mean) / std, dtype=torch.float32)
-    target = torch.tensor(q, dtype=torch.float32)
-    w = torch.zeros(z.shape[1], requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
-    history = []
-    it = range(1, epochs + 1)
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="train value head", unit="epoch")
-    for epoch in it:
-        opt.zero_grad()
-        loss = torch.mean((torch.tanh(z @ w + b) - target) ** 2)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}; lower --lr")
-        loss.backward()
-        opt.step()
-        if epoch % eval_every == 0 or epoch == epochs:
-            row = {"epoch": epoch, "loss": float(loss.detach())}
-            head = LinearHead(w.detach().numpy(), float(b), mean, std)
-            if eval_fn is not None:
-                row.update(eval_fn(head))
-            history.append(row)
-            if progress:
-                it.set_postfix({k: round(v, 4) for k, v in row.items() if k != "epoch"})
-    return LinearHead(w.detach().numpy(), float(b.detach()), mean, std), history
-
-
-class TrainingDiverged(RstarError):
-    """The training loss became NaN or infinite: training stopped, nothing was saved."""
 
 
 # ---------------------------------------------------------------- scorers
@@ -493,8 +363,8 @@ def load_scorer(path: str | Path, kind: str | None = None, policy: Any = None, f
         if policy_model is not None:
             pol = base_identity(str(policy_model))
             if not same_base(base, pol):
-                raise PPMError(f"{path} is a head on the hidden states of {_describe(base)}, but the policy "
-                               f"runs {_describe(pol)}: train a head for this policy "
+                raise PPMError(f"{path} is a head on the hidden states of {describe_base(base)}, but the policy "
+                               f"runs {describe_base(pol)}: train a head for this policy "
                                f"(rstar train {kind} --kind head --base {policy_model})")
         head = LinearHead.load(path)
         if features == "hf":
@@ -510,7 +380,7 @@ def load_scorer(path: str | Path, kind: str | None = None, policy: Any = None, f
 def _load_lm_scorer(path: Path, m: dict, base: dict, kind: str) -> ModelScorer:
     import torch
 
-    from rstar.train.base import device, load_base
+    from rstar.basemodel import device, load_base
 
     adapter = path / "adapter"
     if not adapter.is_dir():

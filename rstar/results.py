@@ -1,4 +1,9 @@
-"""Datasets in, results out: JSONL readers, the resumable result file, metrics.
+"""Datasets in, results out: JSONL reading, the resumable result file, metrics.
+
+Every JSONL file rstar reads goes through :func:`jsonl_lines` (each non-blank line parsed,
+with its number, its byte span and whether a kill cut it); what a bad line means is the
+caller's: a dataset skips it with a warning (:func:`read_problems`), a results file drops a
+torn last line (:func:`load_results`), training data stops at it (:func:`read_records`).
 
 A run directory holds `results.jsonl`: one line per finished problem, written
 and flushed (and fsync'd) as the problem finishes, with its whole search tree.
@@ -13,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 from rstar.errors import DataError
 
@@ -39,6 +44,84 @@ class BadLine:
         return f"line {self.lineno}: {self.reason}"
 
 
+@dataclass
+class JsonLine:
+    """One non-blank line of a JSONL file."""
+
+    lineno: int              # 1-based
+    record: Any              # the parsed JSON value (None where `error`)
+    error: str | None        # why the line is not JSON, e.g. "not valid JSON (Expecting value, column 1)"
+    start: int               # byte offset of the line
+    end: int                 # byte offset just past it (and its newline)
+    last: bool               # the file's last line
+    complete: bool           # ends with a newline (a write cut by a kill does not)
+
+
+def jsonl_lines(path: str | Path, missing: str = "") -> Iterator[JsonLine]:
+    """Each non-blank line of a JSONL file, parsed, streamed. A missing file is a DataError
+    (``missing`` says what to do); a line that is not UTF-8 or not JSON comes back with ``error``."""
+    path = Path(path)
+    try:
+        fh = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file" + (f" ({missing})" if missing else "")) from None
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    with fh:
+        pos, lineno, pending = 0, 0, None
+        for raw in fh:
+            lineno += 1
+            start, pos = pos, pos + len(raw)
+            if not raw.strip():
+                continue
+            if pending is not None:
+                yield pending
+            pending = _parse_line(raw, lineno, start, pos)
+        if pending is not None:
+            pending.last = True
+            yield pending
+
+
+def _parse_line(raw: bytes, lineno: int, start: int, end: int) -> JsonLine:
+    record, error = None, None
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        error = f"not UTF-8 text (byte {exc.start + 1})"
+    except json.JSONDecodeError as exc:
+        error = f"not valid JSON ({exc.msg}, column {exc.colno})"
+    return JsonLine(lineno, record, error, start, end, False, raw.endswith(b"\n"))
+
+
+def read_records(path: str | Path, required: dict[str, type | tuple] | Iterable[str], what: str,
+                 line_key: str | None = None) -> list[dict]:
+    """The records of a JSONL file rstar wrote for training (``rstar export``), all or nothing: a
+    line that is not a JSON object, or lacks a required field of the required type (``required``:
+    field -> type, or field names that must be strings), is a DataError naming the file and line.
+    ``line_key``: store each record's line number under this key."""
+    if not isinstance(required, dict):
+        required = {k: str for k in required}
+    names = ", ".join(required)
+    records = []
+    for line in jsonl_lines(path, "write it with `rstar export RUN_DIR --out DIR`"):
+        where = f"{path}:{line.lineno}"
+        if line.error:
+            raise DataError(f"{where}: {line.error}; fix or delete the line")
+        rec = line.record
+        if not isinstance(rec, dict):
+            raise DataError(f"{where}: not a JSON object (a {what} record is one, with {names})")
+        for k, t in required.items():
+            v = rec.get(k)
+            if not isinstance(v, t) or isinstance(v, bool):
+                kind = t.__name__ if isinstance(t, type) else "number"
+                raise DataError(f"{where}: field {k!r} is missing or not a {kind} "
+                                f"(a {what} record needs {names}; written by `rstar export`)")
+        if line_key:
+            rec[line_key] = line.lineno
+        records.append(rec)
+    return records
+
+
 def gold_from_record(record: dict) -> str | None:
     """The gold answer of a record: `answer`, with GSM8K's '#### 72' form reduced to '72'."""
     ans = record.get("answer")
@@ -61,28 +144,24 @@ def read_problems(path: str | Path, bad: list[BadLine] | None = None) -> Iterato
     if not path.is_file():
         raise DataError(f"{path}: no such file (give a JSONL file with one {{\"question\": ...}} object per line)")
     seen: set[str] = set()
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                _report(bad, path, lineno, f"not valid JSON ({exc.msg} at column {exc.colno})")
-                continue
-            if not isinstance(record, dict):
-                _report(bad, path, lineno, f"expected a JSON object, got {type(record).__name__}")
-                continue
-            question = record.get("question", record.get("problem"))
-            if not isinstance(question, str) or not question.strip():
-                _report(bad, path, lineno, "no 'question' string")
-                continue
-            pid = str(record.get("id", f"line-{lineno}"))
-            if pid in seen:
-                _report(bad, path, lineno, f"duplicate id {pid!r}")
-                continue
-            seen.add(pid)
-            yield Problem(id=pid, question=question.strip(), gold=gold_from_record(record))
+    for line in jsonl_lines(path):
+        record, lineno = line.record, line.lineno
+        if line.error:
+            _report(bad, path, lineno, line.error)
+            continue
+        if not isinstance(record, dict):
+            _report(bad, path, lineno, f"expected a JSON object, got {type(record).__name__}")
+            continue
+        question = record.get("question", record.get("problem"))
+        if not isinstance(question, str) or not question.strip():
+            _report(bad, path, lineno, "no 'question' string")
+            continue
+        pid = str(record.get("id", f"line-{lineno}"))
+        if pid in seen:
+            _report(bad, path, lineno, f"duplicate id {pid!r}")
+            continue
+        seen.add(pid)
+        yield Problem(id=pid, question=question.strip(), gold=gold_from_record(record))
 
 
 def _report(bad: list[BadLine] | None, path: Path, lineno: int, reason: str) -> None:
@@ -133,31 +212,30 @@ def load_results(out_dir: str | Path, repair: bool = False) -> list[dict]:
     path = Path(out_dir) / RESULTS_FILE
     if not path.is_file():
         raise DataError(f"{path}: no results here (run `rstar run DATA.jsonl --out {out_dir}` first)")
-    data = path.read_bytes()
-    lines = data.splitlines(keepends=True)
     by_id: dict[str, dict] = {}
-    good_end = 0  # byte offset just past the last complete line
-    for lineno, raw in enumerate(lines, 1):
-        try:
-            record = json.loads(raw) if raw.strip() else None
-        except json.JSONDecodeError:
-            if lineno == len(lines):  # the write a kill interrupted
+    good_end = None  # byte offset just past the last complete line, where a torn one follows it
+    for line in jsonl_lines(path):
+        if line.error:
+            if line.last:  # the write a kill interrupted
                 print(f"rstar: warning: {path}: dropping an incomplete last line "
                       f"(the run was stopped while writing it)", file=sys.stderr)
+                good_end = line.start
                 break
-            raise DataError(f"{path}: line {lineno} is not valid JSON; the file is damaged") from None
-        if record is not None:
-            if not isinstance(record, dict) or "id" not in record:
-                raise DataError(f"{path}: line {lineno} is not a result record (a JSON object with an 'id'); "
-                                f"the file is damaged")
-            by_id[record["id"]] = record
-        good_end += len(raw)
+            raise DataError(f"{path}: line {line.lineno} is not valid JSON; the file is damaged") from None
+        record = line.record
+        if not isinstance(record, dict) or "id" not in record:
+            raise DataError(f"{path}: line {line.lineno} is not a result record (a JSON object with an 'id'); "
+                            f"the file is damaged")
+        by_id[record["id"]] = record
     if repair:
         with path.open("r+b") as fh:
-            fh.truncate(good_end)
-            if good_end and not data[:good_end].endswith(b"\n"):
-                fh.seek(good_end)
-                fh.write(b"\n")
+            if good_end is not None:
+                fh.truncate(good_end)
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
     return list(by_id.values())
 
 

@@ -15,7 +15,6 @@ A run directory holds ``results.jsonl`` (docs/TRACE_SCHEMA.md) and ``run.json``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import time
@@ -39,11 +38,9 @@ def model_hash(spec: str) -> str | None:
         return DEFAULT_MODEL.sha256
     p = Path(spec.split(":", 1)[1] if spec.startswith(("llamacpp:", "gguf:", "hf:", "vllm:")) else spec).expanduser()
     if p.is_file():
-        h = hashlib.sha256()
-        with p.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        from rstar.models import sha256_file
+
+        return sha256_file(p)
     return None
 
 

@@ -21,12 +21,12 @@ without gold) counts as neither.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from rstar.errors import DataError
+from rstar.results import jsonl_lines
 
 SCHEMA_VERSION = 2
 
@@ -135,18 +135,13 @@ def iter_results(run_dir: str | Path) -> Iterator[tuple[str, dict]]:
     path = run / "results.jsonl"
     if not path.is_file():
         raise DataError(f"{path}: no results file; is {run} the --out directory of `rstar run`?")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if not line.endswith("\n"):
-                    continue  # the last line of a run killed mid-write: not a finished problem
-                raise DataError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
-            yield where, load_trace(raw, where)
+    for line in jsonl_lines(path):
+        where = f"{path}:{line.lineno}"
+        if line.error:
+            if not line.complete:
+                continue  # the last line of a run killed mid-write: not a finished problem
+            raise DataError(f"{where}: {line.error}")
+        yield where, load_trace(line.record, where)
 
 
 # ---------------------------------------------------------------- tree helpers

@@ -27,7 +27,7 @@ REJECTED = " 2: subtract the apples he buys\ntotal = start - 4\n# Step"
 
 @pytest.fixture(scope="module")
 def tok():
-    from rstar.train.base import load_tokenizer
+    from rstar.basemodel import load_tokenizer
 
     return load_tokenizer(str(SMOL))
 

@@ -146,3 +146,70 @@ def test_cli_head_training_and_overwrite_guard(tmp_path, capsys):
     assert main(args) == 2
     assert "already holds a trained model; pass --overwrite" in capsys.readouterr().err
     assert main(args + ["--overwrite"]) == 0
+
+
+def _stopped_by_the_rule(losses, c):
+    """The convergence rule, written out: the last `patience` checks did not fall by `tol` below the
+    best before them."""
+    best_before = min(losses[:-c["patience"]])
+    return min(losses[-c["patience"]:]) > best_before - c["tol"] * abs(best_before)
+
+
+def test_lm_ppm_trains_to_its_convergence_rule_and_reports_every_epoch(tmp_path, capsys):
+    """`--kind lm` runs epochs until the held-out loss stops improving (not a fixed epoch count):
+    with at most 12 epochs of one step each, a rule that asks for a 50% fall every epoch stops it
+    right after its 3 minimum steps; every epoch is a row (first and last training loss, optimizer
+    steps, held-out loss and pairwise accuracy) in the manifest and on stdout."""
+    from rstar.cli import main
+    from rstar.ppm import read_manifest
+
+    base = smol()
+    rows = toy_pairs(9)
+    for r in rows:
+        r["prompt"] = r["prompt"][:40]
+    for r in (rows[4], rows[8]):
+        r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
+    train, held = write(tmp_path / "train.jsonl", rows[:4]), write(tmp_path / "held.jsonl", rows[4:])
+    out = tmp_path / "ppm"
+    assert main(["train", "ppm", str(train), "--eval-file", str(held), "--out", str(out), "--base", str(base),
+                 "--kind", "lm", "--batch-size", "4", "--lr", "2e-3", "--lora-r", "4", "--max-length", "128",
+                 "--epochs", "12", "--patience", "1", "--tol", "0.5", "--min-steps", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    m = read_manifest(out, "ppm")
+    c, history = m["metrics"]["convergence"], m["history"]
+    assert c["stopped_by"] == "converged" and c["patience"] == 1 and c["tol"] == 0.5 and c["min_steps"] == 3
+    assert 3 <= c["steps"] < 12 and len(history) == c["steps"]          # one optimizer step an epoch
+    assert [r["epoch"] for r in history] == list(range(1, len(history) + 1))
+    assert [r["steps"] for r in history] == list(range(1, len(history) + 1))
+    for r in history:
+        assert isinstance(r["first_loss"], float) and isinstance(r["last_loss"], float)
+        assert isinstance(r["eval_loss"], float)
+        assert abs(r["eval_accuracy"] * 5 - round(r["eval_accuracy"] * 5)) < 1e-6   # k of 5 held-out pairs
+    held_losses = [r["eval_loss"] for r in history]
+    assert _stopped_by_the_rule(held_losses, c)                        # the rule holds where it stopped
+    assert len(history) == 3 or not _stopped_by_the_rule(held_losses[:-1], c)   # and not an epoch before
+    for r in history:
+        assert f"epoch epoch={r['epoch']} first_loss=" in printed
+    assert f"stopped: converged after {c['epochs']} epochs, {c['steps']} optimizer steps" in printed
+
+
+def test_head_ppm_reports_accuracies_and_its_convergence(tmp_path, capsys):
+    from rstar.cli import main
+    from rstar.ppm import read_manifest
+
+    smol()
+    train = write(tmp_path / "train.jsonl", toy_pairs(6)[:4])
+    held = write(tmp_path / "held.jsonl", toy_pairs(6)[4:])
+    out = tmp_path / "o"
+    assert main(["train", "ppm", str(train), "--eval-file", str(held), "--out", str(out), "--base", str(smol_path()),
+                 "--kind", "head", "--epochs", "1000", "--patience", "1", "--tol", "0.5", "--min-steps", "50",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    m = read_manifest(out, "ppm")
+    c, history = m["metrics"]["convergence"], m["history"]
+    assert c["stopped_by"] == "converged" and c["epochs"] < 1000 and c["epochs"] == history[-1]["epoch"]
+    assert {"train_accuracy", "eval_accuracy"} <= set(m["metrics"])
+    for r in history:                                  # a check every 25 epochs
+        assert r["epoch"] % 25 == 0 and {"loss", "train_accuracy", "eval_loss", "eval_accuracy"} <= set(r)
+    assert _stopped_by_the_rule([r["eval_loss"] for r in history], c)
+    assert "stopped: converged" in printed and "held-out pairwise accuracy" in printed

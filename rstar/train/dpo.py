@@ -29,21 +29,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rstar.errors import DataError, RstarError
-from rstar.train.base import DEFAULT_PRECISION
-from rstar.train.sft import (
+from rstar.results import read_records
+from rstar.train.base import (
+    DEFAULT_PRECISION,
     DivergenceGuard,
     check_resume,
     common_args,
-    encode,
+    finish_policy,
     load_policy_for_training,
-    read_jsonl,
     run_trainer,
     settings_from_args,
     summary_line,
     training_arguments,
-    write_log,
-    _final_loss,
 )
+from rstar.train.sft import encode
 
 DEFAULT_BETA = 0.4  # Step-DPO: beta 0.4 to 0.5
 DEFAULT_LR = 5e-7  # Step-DPO's learning rate
@@ -70,7 +69,7 @@ def tokenize_pair(rec: dict, tokenizer, max_length: int | None = None) -> dict |
 
 
 def build_dpo_dataset(path: str | Path, tokenizer, max_length: int | None = 2048):
-    records = read_jsonl(path, ("prompt", "chosen", "rejected"))
+    records = read_records(path, ("prompt", "chosen", "rejected"), "Step-DPO pair")
     if not records:
         raise DataError(f"{path}: no preference pairs: no step in the search had both a correct and a wrong "
                         "continuation; search more problems or with more rollouts")
@@ -137,8 +136,6 @@ def build_trainer(s: DPOSettings, model, tok, peft_config, pairs: list[dict], gu
 
 def train_dpo(settings: DPOSettings | None = None, **kw) -> dict:
     """Step-DPO with LoRA on ``settings.data``; returns the training log (also OUT/train_log.json)."""
-    from rstar.adapters import save_trained_policy
-
     s = settings or DPOSettings(**kw)
     if s.beta <= 0:
         raise RstarError(f"--beta must be positive, got {s.beta}")
@@ -152,21 +149,11 @@ def train_dpo(settings: DPOSettings | None = None, **kw) -> dict:
     start = time.perf_counter()
     run_trainer(trainer, guard, out, resume_from)
     train_s = time.perf_counter() - start
-    epochs_done = float(trainer.state.epoch or 0.0)
     n_tokens = sum(len(p["prompt_ids"]) * 2 + len(p["chosen_ids"]) + len(p["rejected_ids"]) for p in pairs)
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    log = {
-        "trainer": "dpo", "settings": asdict(s), "base": base_spec, "examples": len(pairs), "dropped": dropped,
-        "tokens": n_tokens, "steps": trainer.state.global_step, "epochs": epochs_done, "train_s": train_s,
-        "tokens_per_s": n_tokens * epochs_done / train_s if train_s > 0 else None,
-        "losses": guard.losses, "final_loss": _final_loss(guard.losses),
-        "reward_accuracy": history[-1].get("rewards/accuracies") if history else None,
-        "reward_margin": history[-1].get("rewards/margins") if history else None,
-    }
-    save_trained_policy(trainer.model, tok, out, base_spec, trainer="dpo", merge=s.merge,
-                        extra={"data": str(s.data), "beta": s.beta})
-    write_log(out, log)
-    return log
+    last = next((h for h in reversed(trainer.state.log_history) if "loss" in h), {})
+    return finish_policy("dpo", asdict(s), trainer, guard, tok, base_spec, train_s, examples=len(pairs),
+                         dropped=dropped, tokens=n_tokens, card={"beta": s.beta},
+                         reward_accuracy=last.get("rewards/accuracies"), reward_margin=last.get("rewards/margins"))
 
 
 def register(tsub) -> None:

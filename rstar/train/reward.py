@@ -8,10 +8,21 @@ Two architectures (``--kind``):
   (value: ``MSE(tanh(v), Q)``); peft LoRA on every linear layer, the score head trained
   whole (``modules_to_save``). Checkpoints every epoch in ``OUT/checkpoints``;
   ``--resume`` continues from the last one. CPU-safe arguments from
-  ``rstar.train.base.cpu_training_args``; CUDA is used where there is one.
+  ``rstar.train.base.training_arguments``; CUDA is used where there is one.
 * ``head``: a linear head on the frozen base's last-token hidden state read with
   llama.cpp (the base must be a GGUF, normally the policy's own): features are computed
-  once per distinct text, then the head trains in seconds.
+  once per distinct text, then the head is fitted in seconds (``rstar.train.head``).
+
+Both train until they converge (``rstar.train.base.Convergence``), ``--epochs`` at most:
+training stops once the monitored loss (lm: the held-out loss where there is a held-out
+set, else the epoch's mean training loss; head: the full-batch training loss, checked every
+25 epochs) has not fallen by ``--tol`` (relative) below its best for ``--patience`` epochs
+(checks), after at least ``--min-steps`` optimizer steps. ``--max-steps`` caps the steps.
+Each epoch (check) is reported, printed and kept in the manifest's ``history``: lm: its
+first and last training loss, the optimizer steps so far, the held-out loss and pairwise
+accuracy; head: the loss, the training and held-out accuracy. ``metrics.convergence`` says
+what stopped training (``converged``, ``max_epochs`` or ``max_steps``) and after how many
+epochs and steps.
 
 A held-out split (by problem, ``--eval-frac``, or an explicit ``--eval-file``) is scored
 every epoch: pairwise accuracy for a PPM, MSE and sign accuracy for a value head. A
@@ -21,64 +32,52 @@ written only when training finished (see rstar.ppm for its layout).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from rstar.basemodel import base_identity
 from rstar.errors import DataError
-from rstar.train.base import DEFAULT_PRECISION, add_precision_flag, cpu_training_args
-from rstar.ppm import (
-    FORMAT,
-    LinearHead,
-    LlamaFeatures,
-    PPMError,
-    TrainingDiverged,
-    base_identity,
-    fit_pair_head,
-    fit_value_head,
-    write_manifest,
+from rstar.ppm import FORMAT, LinearHead, LlamaFeatures, PPMError, write_manifest
+from rstar.results import read_records
+from rstar.train.base import (
+    DEFAULT_PRECISION,
+    Convergence,
+    ConvergenceStop,
+    DivergenceGuard,
+    add_precision_flag,
+    epoch_rows,
+    format_row,
+    last_checkpoint,
+    run_trainer,
+    training_arguments,
 )
+from rstar.train.head import fit_pair_head, fit_value_head
+
+# what --epochs, --lr, --weight-decay and the convergence flags default to, per architecture
+DEFAULTS = {
+    "lm": {"epochs": 20, "lr": 1e-4, "weight_decay": 0.0, "patience": 2, "tol": 0.01, "min_steps": 30},
+    "head": {"epochs": 300, "lr": 1e-2, "weight_decay": 0.01, "patience": 2, "tol": 0.01, "min_steps": 100},
+}
+HEAD_CHECK_EVERY = 25  # head: epochs between two checks (loss, accuracies, convergence)
 
 
 # ---------------------------------------------------------------- reading the exported files
 
-def _read_jsonl(path: str | Path, required: dict[str, type], what: str) -> list[dict]:
-    p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{p}: no such file (write it with `rstar export RUN_DIR --out DIR`)")
-    rows = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{p}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); "
-                                f"fix or delete the line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: not a JSON object")
-            for k, t in required.items():
-                v = row.get(k)
-                if not isinstance(v, t) or isinstance(v, bool):
-                    raise DataError(f"{where}: field {k!r} is missing or not a {t.__name__ if isinstance(t, type) else 'number'} "
-                                    f"(a {what} record needs {', '.join(required)})")
-            rows.append(row)
+def _read(path: str | Path, required: dict, what: str) -> list[dict]:
+    rows = read_records(path, required, what)
     if not rows:
-        raise DataError(f"{p}: no {what} records")
+        raise DataError(f"{path}: no {what} records")
     return rows
 
 
 def read_pairs(path: str | Path) -> list[dict]:
-    rows = _read_jsonl(path, {"prompt": str, "chosen": str, "rejected": str}, "PPM pair")
+    rows = _read(path, {"prompt": str, "chosen": str, "rejected": str}, "PPM pair")
     for i, r in enumerate(rows):
         w = r.get("weight", 1.0)
         if not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
@@ -88,7 +87,7 @@ def read_pairs(path: str | Path) -> list[dict]:
 
 
 def read_values(path: str | Path) -> list[dict]:
-    rows = _read_jsonl(path, {"prompt": str, "completion": str, "q": (int, float)}, "value")
+    rows = _read(path, {"prompt": str, "completion": str, "q": (int, float)}, "value")
     for i, r in enumerate(rows):
         if not (math.isfinite(r["q"]) and -1.0 <= r["q"] <= 1.0):
             raise DataError(f"{path}: record {i + 1}: q must lie in [-1, 1], not {r['q']!r}")
@@ -138,16 +137,29 @@ def register(tsub) -> None:
         p.add_argument("--kind", choices=("lm", "head"), default="lm",
                        help="lm: LoRA + score head on the base, trained with TRL (slow on CPU); head: a linear head on "
                             "the frozen base's last-token hidden state via llama.cpp (seconds; cheap to score)")
-        p.add_argument("--epochs", type=float, default=None, help="epochs (default: lm 2, head 300)")
-        p.add_argument("--lr", type=float, default=None, help="learning rate (default: lm 1e-4, head 1e-2)")
+        lm, hd = DEFAULTS["lm"], DEFAULTS["head"]
+        p.add_argument("--epochs", type=float, default=None,
+                       help=f"most epochs; training stops earlier once it converges (default: lm {lm['epochs']}, "
+                            f"head {hd['epochs']})")
+        p.add_argument("--patience", type=int, default=None,
+                       help=f"converged: no improvement by --tol for this many epochs (head: checks of "
+                            f"{HEAD_CHECK_EVERY} epochs) (default {lm['patience']})")
+        p.add_argument("--tol", type=float, default=None,
+                       help=f"converged: the smallest relative fall of the monitored loss that counts as improving "
+                            f"(default {lm['tol']})")
+        p.add_argument("--min-steps", type=int, default=None,
+                       help=f"optimizer steps before convergence may stop training (head: epochs) "
+                            f"(default: lm {lm['min_steps']}, head {hd['min_steps']})")
+        p.add_argument("--lr", type=float, default=None, help=f"learning rate (default: lm {lm['lr']}, head {hd['lr']})")
         p.add_argument("--batch-size", type=int, default=4, help="lm: pairs (or steps) per device batch")
         p.add_argument("--grad-accum", type=int, default=1, help="lm: gradient accumulation steps")
-        p.add_argument("--max-steps", type=int, default=-1, help="lm: stop after N optimizer steps (overrides --epochs)")
+        p.add_argument("--max-steps", type=int, default=-1, help="lm: stop after N optimizer steps at most")
         p.add_argument("--lora-r", type=int, default=16, help="lm: LoRA rank")
         p.add_argument("--max-length", type=int, default=1024, help="tokens per text (the start is cut, the end kept)")
         p.add_argument("--eval-frac", type=float, default=0.1, help="share of problems held out (default 0.1)")
         p.add_argument("--eval-file", default=None, help="held-out records from another file (instead of --eval-frac)")
-        p.add_argument("--weight-decay", type=float, default=None, help="default: lm 0.0, head 0.01")
+        p.add_argument("--weight-decay", type=float, default=None,
+                       help=f"default: lm {lm['weight_decay']}, head {hd['weight_decay']}")
         add_precision_flag(p, scope="lm: ")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--resume", action="store_true", help="lm: continue from the last checkpoint in OUT/checkpoints")
@@ -167,11 +179,16 @@ def cmd_train(args) -> int:
     else:
         train, held = split_by_problem(rows, args.eval_frac, args.seed)
     opts = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "grad_accum", "max_steps", "lora_r",
-                                            "max_length", "weight_decay", "seed", "resume", "precision")}
+                                            "max_length", "weight_decay", "seed", "resume", "precision",
+                                            "patience", "tol", "min_steps")}
     fn = train_head if args.kind == "head" else train_lm
     result = fn(args.train_kind, train, held, args.base, out, progress=not args.no_progress,
                 source=str(args.data), **opts)
     m = result["metrics"]
+    for row in result["history"]:
+        print(format_row(row))
+    c = m["convergence"]
+    print(f"stopped: {c['stopped_by']} after {c['epochs']} epochs, {c['steps']} optimizer steps ({c['rule']})")
     held_txt = ""
     if "eval_accuracy" in m:
         held_txt = f", held-out pairwise accuracy {m['eval_accuracy']:.3f} on {m['eval_records']} pairs"
@@ -225,14 +242,17 @@ def pair_accuracy(head: LinearHead, xc: np.ndarray, xr: np.ndarray) -> float:
 
 
 def train_head(kind: str, train: list[dict], held: list[dict], base: str, out: Path, *, progress: bool = True,
-               source: str = "", epochs=None, lr=None, weight_decay=None, seed: int = 0, **_ignored) -> dict:
+               source: str = "", epochs=None, lr=None, weight_decay=None, seed: int = 0, patience=None, tol=None,
+               min_steps=None, **_ignored) -> dict:
     ident = base_identity(base)
     if not ident.get("gguf"):
         raise PPMError(f"--kind head reads hidden states with llama.cpp: --base must be a GGUF file "
                        f"(the policy's model), not {base}")
-    epochs = int(epochs or 300)
-    lr = lr or 1e-2
-    weight_decay = 0.01 if weight_decay is None else weight_decay
+    d = DEFAULTS["head"]
+    epochs = int(epochs or d["epochs"])
+    lr = lr or d["lr"]
+    weight_decay = d["weight_decay"] if weight_decay is None else weight_decay
+    criterion = _criterion("head", patience, tol, min_steps)
     t0 = time.perf_counter()
     feats = LlamaFeatures(ident["path"])
     try:
@@ -252,15 +272,19 @@ def train_head(kind: str, train: list[dict], held: list[dict], base: str, out: P
         w = np.array([r.get("weight", 1.0) for r in train])
         hc = np.stack([table[r["prompt"] + r["chosen"]] for r in held]) if held else np.zeros((0, xc.shape[1]))
         hr = np.stack([table[r["prompt"] + r["rejected"]] for r in held]) if held else np.zeros((0, xc.shape[1]))
+        hw = np.array([r.get("weight", 1.0) for r in held])
 
         def eval_fn(h):
-            return {"eval_accuracy": pair_accuracy(h, hc, hr)} if held else {}
+            if not held:
+                return {}
+            margin = (h(hc) - h(hr)).astype(np.float64)
+            loss = float(np.sum(np.logaddexp(0.0, -margin) * hw) / np.sum(hw))  # -log sigmoid, weighted
+            return {"eval_loss": loss, "eval_accuracy": pair_accuracy(h, hc, hr)}
 
-        head, history = fit_pair_head(xc, xr, w, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                      eval_fn=eval_fn, progress=progress, seed=seed)
-        metrics = {"train_accuracy": pair_accuracy(head, xc, xr)}
-        if held:
-            metrics["eval_accuracy"] = pair_accuracy(head, hc, hr)
+        head, history, stopped_by = fit_pair_head(xc, xr, w, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                                  eval_every=HEAD_CHECK_EVERY, eval_fn=eval_fn, progress=progress,
+                                                  seed=seed, criterion=criterion)
+        metrics = {"train_accuracy": pair_accuracy(head, xc, xr), **eval_fn(head)}
     else:
         x = np.stack([table[r["prompt"] + r["completion"]] for r in train])
         q = np.array([r["q"] for r in train], dtype=np.float32)
@@ -273,21 +297,25 @@ def train_head(kind: str, train: list[dict], held: list[dict], base: str, out: P
             v = np.tanh(h(hx))
             return {"eval_mse": float(np.mean((v - hq) ** 2)), "eval_sign_accuracy": float(np.mean((v > 0) == (hq > 0)))}
 
-        head, history = fit_value_head(x, q, epochs=epochs, lr=lr, weight_decay=weight_decay, eval_fn=eval_fn,
-                                       progress=progress, seed=seed)
+        head, history, stopped_by = fit_value_head(x, q, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                                   eval_every=HEAD_CHECK_EVERY, eval_fn=eval_fn, progress=progress,
+                                                   seed=seed, criterion=criterion)
         metrics = {"train_mse": float(np.mean((np.tanh(head(x)) - q) ** 2))}
         metrics.update(eval_fn(head))
     fit_s = time.perf_counter() - t1
+    done = history[-1]["epoch"] if history else 0
+    metrics["convergence"] = {"stopped_by": stopped_by, "epochs": done, "steps": done, "max_epochs": epochs,
+                              "first_loss": history[0]["loss"] if history else None,
+                              "last_loss": history[-1]["loss"] if history else None,
+                              "rule": criterion.describe(f"check of {HEAD_CHECK_EVERY} epochs"),
+                              **criterion.as_dict()}
     metrics.update({"train_records": len(train), "eval_records": len(held), "feature_seconds": round(feat_s, 2),
                     "fit_seconds": round(fit_s, 2), "texts": len(table), "feature_tokens": n_tokens,
                     "feature_tokens_per_s": round(n_tokens / feat_s, 1) if feat_s > 0 else None})
-    if progress:
-        for row in history:
-            print("epoch " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
-                  file=sys.stderr)
     stage = _staging(out)
     head.save(stage)
     config = {"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "seed": seed, "source": source,
+              "check_every": HEAD_CHECK_EVERY, **criterion.as_dict(),
               "n_ctx": 4096, "features": "llama.cpp last-token hidden state (after the final norm)"}
     write_manifest(stage, _manifest(kind, "head", ident, config, metrics, history))
     _publish(stage, out)
@@ -295,51 +323,6 @@ def train_head(kind: str, train: list[dict], held: list[dict], base: str, out: P
 
 
 # ---------------------------------------------------------------- lm: LoRA + score head with TRL
-
-class _StopOnNaN:
-    """A TrainerCallback (built lazily: transformers is imported on demand) that stops on a non-finite loss."""
-
-    @staticmethod
-    def make():
-        from transformers import TrainerCallback
-
-        class StopOnNaN(TrainerCallback):
-            def __init__(self):
-                self.bad = None
-
-            def on_log(self, args, state, control, logs=None, **kw):
-                loss = (logs or {}).get("loss")
-                if loss is not None and not math.isfinite(loss):
-                    self.bad = (state.global_step, loss)
-                    control.should_training_stop = True
-                    control.should_save = False
-
-            def on_save(self, args, state, control, **kw):
-                return control
-
-        return StopOnNaN()
-
-
-class _EpochPrinter:
-    @staticmethod
-    def make(progress: bool):
-        from transformers import TrainerCallback
-
-        class EpochPrinter(TrainerCallback):
-            def __init__(self):
-                self.rows = []
-
-            def on_evaluate(self, args, state, control, metrics=None, **kw):
-                row = {"epoch": round(state.epoch or 0, 3),
-                       **{k: v for k, v in (metrics or {}).items() if k in (
-                           "eval_loss", "eval_accuracy", "eval_mse", "eval_sign_accuracy")}}
-                self.rows.append(row)
-                if progress:
-                    print("epoch " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in row.items()), file=sys.stderr)
-
-        return EpochPrinter()
-
 
 def _tokenize(tok, text: str, max_length: int) -> list[int]:
     ids = tok(text, add_special_tokens=True)["input_ids"]
@@ -353,26 +336,26 @@ def _lora(r: int):
                       target_modules="all-linear", modules_to_save=["score"])
 
 
-def _training_args(cls, out: Path, *, epochs, lr, batch_size, grad_accum, max_steps, weight_decay, seed,
-                   has_eval: bool, progress: bool, precision: str = DEFAULT_PRECISION, **extra):
-    return cls(
-        output_dir=str(out / "checkpoints"), num_train_epochs=float(epochs or 2), learning_rate=lr or 1e-4,
-        per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-        gradient_accumulation_steps=grad_accum, max_steps=max_steps, weight_decay=weight_decay or 0.0,
-        lr_scheduler_type="cosine", logging_steps=1, save_strategy="epoch", save_total_limit=2,
-        eval_strategy="epoch" if has_eval else "no", seed=seed, disable_tqdm=not progress,
-        remove_unused_columns=False, **cpu_training_args(precision), **extra)
+def _criterion(arch: str, patience, tol, min_steps) -> Convergence:
+    d = DEFAULTS[arch]
+    return Convergence(patience=d["patience"] if patience is None else patience, tol=d["tol"] if tol is None else tol,
+                       min_steps=d["min_steps"] if min_steps is None else min_steps)
 
 
 def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Path, *, progress: bool = True,
              source: str = "", epochs=None, lr=None, batch_size: int = 4, grad_accum: int = 1, max_steps: int = -1,
              lora_r: int = 16, max_length: int = 1024, weight_decay=None, seed: int = 0, resume: bool = False,
-             precision: str = DEFAULT_PRECISION, **_ignored) -> dict:
+             precision: str = DEFAULT_PRECISION, patience=None, tol=None, min_steps=None, **_ignored) -> dict:
     import torch
     from datasets import Dataset
 
-    from rstar.train.base import load_base
+    from rstar.basemodel import load_base
 
+    d = DEFAULTS["lm"]
+    epochs = float(epochs or d["epochs"])
+    lr = lr or d["lr"]
+    weight_decay = d["weight_decay"] if weight_decay is None else weight_decay
+    criterion = _criterion("lm", patience, tol, min_steps)
     ident = base_identity(base)
     torch.manual_seed(seed)
     model, tok = load_base(base, kind="score")
@@ -380,14 +363,16 @@ def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Pat
     ckpt = out / "checkpoints"
     resume_from = None
     if resume:
-        cks = sorted(ckpt.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if ckpt.is_dir() else []
-        if not cks:
+        resume_from = last_checkpoint(ckpt)
+        if resume_from is None:
             raise PPMError(f"{ckpt}: no checkpoint to resume from; run without --resume")
-        resume_from = str(cks[-1])
-    nan_cb = _StopOnNaN.make()
-    printer = _EpochPrinter.make(progress)
-    common = dict(epochs=epochs, lr=lr, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
-                  weight_decay=weight_decay, seed=seed, has_eval=bool(held), progress=progress, precision=precision)
+    guard = DivergenceGuard()
+    stop = ConvergenceStop(criterion, held_out=bool(held), progress=progress)
+    settings = {"epochs": epochs, "max_steps": max_steps, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+                "seed": seed, "precision": precision, "no_progress": not progress}
+    common = training_arguments(out, settings, per_device_eval_batch_size=batch_size, weight_decay=weight_decay,
+                                lr_scheduler_type="cosine", save_strategy="epoch",
+                                eval_strategy="epoch" if held else "no")
     t0 = time.perf_counter()
     if kind == "ppm":
         from trl import RewardConfig
@@ -398,10 +383,10 @@ def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Pat
                 "rejected_ids": _tokenize(tok, r["prompt"] + r["rejected"], max_length),
                 "weight": float(r.get("weight", 1.0))} for r in rows])
 
-        args = _training_args(RewardConfig, out, max_length=None, disable_dropout=True, **common)
+        args = RewardConfig(**common, max_length=None, disable_dropout=True)
         trainer = _weighted_reward_trainer()(model=model, args=args, train_dataset=prep(train),
                                              eval_dataset=prep(held) if held else None, processing_class=tok,
-                                             peft_config=_lora(lora_r), callbacks=[nan_cb, printer])
+                                             peft_config=_lora(lora_r), callbacks=[guard, stop])
     else:
         from transformers import TrainingArguments
 
@@ -412,15 +397,11 @@ def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Pat
         from peft import get_peft_model
 
         model = get_peft_model(model, _lora(lora_r))
-        args = _training_args(TrainingArguments, out, **common)
+        args = TrainingArguments(**common)
         trainer = _value_trainer()(model=model, args=args, train_dataset=prep(train),
                                    eval_dataset=prep(held) if held else None, processing_class=tok,
-                                   callbacks=[nan_cb, printer])
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    if nan_cb.bad is not None:
-        step, loss = nan_cb.bad
-        raise TrainingDiverged(f"the training loss became {loss} at step {step}: stopped, nothing saved in {out} "
-                               f"(lower --lr)")
+                                   callbacks=[guard, stop])
+    result = run_trainer(trainer, guard, out, resume_from)
     train_s = time.perf_counter() - t0
     metrics = {"train_records": len(train), "eval_records": len(held), "train_seconds": round(train_s, 2),
                "train_loss": float(result.training_loss)}
@@ -434,14 +415,27 @@ def train_lm(kind: str, train: list[dict], held: list[dict], base: str, out: Pat
                                                                     "eval_sign_accuracy")})
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     metrics["first_loss"], metrics["last_loss"] = (losses[0], losses[-1]) if losses else (None, None)
+    history = epoch_rows(trainer.state.log_history)
+    steps = trainer.state.global_step
+    if stop.stopped is not None:
+        stopped_by = "converged"
+    elif max_steps > 0 and steps >= max_steps:
+        stopped_by = "max_steps"
+    else:
+        stopped_by = "max_epochs"
+    metrics["convergence"] = {"stopped_by": stopped_by, "epochs": round(float(trainer.state.epoch or 0), 3),
+                              "steps": steps, "max_epochs": epochs, "max_steps": max_steps,
+                              "monitored": "eval_loss" if held else "mean training loss",
+                              "rule": criterion.describe(), **criterion.as_dict()}
     stage = _staging(out)
     trainer.model.save_pretrained(str(stage / "adapter"))
-    config = {"epochs": epochs or 2, "lr": lr or 1e-4, "batch_size": batch_size, "grad_accum": grad_accum,
-              "max_steps": max_steps, "lora_r": lora_r, "max_length": max_length, "weight_decay": weight_decay or 0.0,
-              "seed": seed, "source": source, "trainer": "trl.RewardTrainer" if kind == "ppm" else "transformers.Trainer"}
-    write_manifest(stage, _manifest(kind, "lm", ident, config, metrics, printer.rows))
+    config = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+              "max_steps": max_steps, "lora_r": lora_r, "max_length": max_length, "weight_decay": weight_decay,
+              "seed": seed, "source": source, **criterion.as_dict(),
+              "trainer": "trl.RewardTrainer" if kind == "ppm" else "transformers.Trainer"}
+    write_manifest(stage, _manifest(kind, "lm", ident, config, metrics, history))
     _publish(stage, out)
-    return {"metrics": metrics, "history": printer.rows, "log_history": trainer.state.log_history}
+    return {"metrics": metrics, "history": history, "log_history": trainer.state.log_history}
 
 
 def _weighted_reward_trainer():
