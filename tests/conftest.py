@@ -36,7 +36,7 @@ def need(what: str, fix: str):
 INSTALL = {
     "trl": "pip install trl peft (after torch==2.13.0)",
     "peft": "pip install trl peft (after torch==2.13.0)",
-    "llama_cpp": "pip install llama-cpp-python (.ci/run builds it without AMX)",
+    "llama_cpp": "bash .ci/install.sh (builds llama-cpp-python for this CPU, without AMX)",
     "torch": "pip install torch==2.13.0",
 }
 
