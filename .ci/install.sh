@@ -141,13 +141,9 @@ fi
 PY=${PYTHON:-$(command -v python3 || command -v python || echo python3)}
 in_py() { (cd / && "$PY" "$@"); }  # from /: ./rstar (no compiled core) must not shadow the install
 pip_install() { "$PY" -m pip install -q "$@"; }
+# Debian's own Python (or a venv made from it): its packages come from apt
+debian_python() { [ "$("$PY" -c 'import sys; print(sys.base_prefix.startswith("/usr"))' 2>/dev/null)" = True ]; }
 system_python() { [ "$("$PY" -c 'import sys; print(sys.prefix == sys.base_prefix and sys.prefix.startswith("/usr"))' 2>/dev/null)" = True ]; }
-if system_python && [ -e "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]; then
-  # Debian's own Python refuses pip (PEP 668). As root this installs into /usr/local, where the
-  # `rstar` command lands on PATH; to keep the system Python clean, make a venv and pass
-  # PYTHON=/path/to/venv/bin/python instead.
-  export PIP_BREAK_SYSTEM_PACKAGES=1
-fi
 echo "install.sh: python $PY ($("$PY" --version 2>&1 || echo missing)), llama.cpp for $LLAMA_LEVEL, extras '${EXTRAS}'$([ "$DRY" = 1 ] && echo ', dry run')"
 
 # ------------------------------------------------------------------------- 1. system packages
@@ -161,16 +157,20 @@ system_check() {
     command -v chromium >/dev/null || APT_WANT+=(chromium)
     command -v chromedriver >/dev/null || APT_WANT+=(chromium-driver)
   fi
-  if system_python; then
+  if ! "$PY" -c '' 2>/dev/null; then
+    [ -z "${PYTHON:-}" ] || { say "PYTHON=$PYTHON does not run"; HINT="point PYTHON at a Python 3.10+ interpreter"; return 1; }
+    APT_WANT+=(python3 python3-pip python3-dev)   # a minimal image without Python
+  elif debian_python; then
     "$PY" -m pip --version >/dev/null 2>&1 || APT_WANT+=(python3-pip)
     "$PY" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-      || APT_WANT+=(python3-dev)
+      || APT_WANT+=(python3-dev)   # the headers the C++ core and llama.cpp's bindings compile against
   fi
   if [ ${#APT_WANT[@]} -eq 0 ]; then return 0; fi
   say "missing: ${APT_WANT[*]}"
   return 1
 }
 system_do() {
+  [ ${#APT_WANT[@]} -gt 0 ]   # else the check failed on something apt cannot fix (its HINT says what)
   HINT="install them yourself: apt-get install -y ${APT_WANT[*]} (needs root and Debian/Ubuntu's package archive)"
   if ! command -v apt-get >/dev/null || [ "$(id -u)" != 0 ]; then
     say "apt-get as root is needed to install these"
@@ -181,6 +181,12 @@ system_do() {
   system_check
 }
 step "system packages" "" system_check system_do "apt-get install the missing packages"
+if system_python && [ -e "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')/EXTERNALLY-MANAGED" ]; then
+  # Debian's own Python refuses pip (PEP 668). As root this installs into /usr/local, where the
+  # `rstar` command lands on PATH; to keep the system Python clean, make a venv and pass
+  # PYTHON=/path/to/venv/bin/python instead.
+  export PIP_BREAK_SYSTEM_PACKAGES=1
+fi
 if [ "$DRY" = 1 ] && ! "$PY" -m pip --version >/dev/null 2>&1; then
   echo "  (dry run: $PY has no pip yet; the steps after this one need it)"
   exit 0
@@ -341,9 +347,12 @@ step "built-in model" "" model_check model_do "rstar model fetch (about 1.1 GB, 
 STEP="summary" HINT=""
 printf '\n==== install.sh: %dm%02ds in all ====\n%s' $(((SECONDS - START) / 60)) $(((SECONDS - START) % 60)) "$SUMMARY"
 if [ "$DRY" != 1 ]; then
-  if command -v rstar >/dev/null; then
+  venv_bin=$("$PY" -c 'import sys, sysconfig; print(sysconfig.get_path("scripts") if sys.prefix != sys.base_prefix else "")')
+  if [ -n "$venv_bin" ] && [ "$(command -v rstar)" != "$venv_bin/rstar" ]; then
+    echo "ready: $venv_bin/rstar solve \"QUESTION\" (or first: source $venv_bin/activate)"
+  elif command -v rstar >/dev/null; then
     echo 'ready: rstar solve "QUESTION"'
   else
-    echo "ready: $PY -m rstar.cli solve \"QUESTION\" (the rstar command is in $(dirname "$PY"), not on PATH)"
+    echo "ready: $PY -m rstar.cli solve \"QUESTION\""
   fi
 fi
