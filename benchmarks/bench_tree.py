@@ -36,11 +36,15 @@ import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from rstar import reference
 from rstar.tree import BYTES_PER_NODE, Forest
+
+# the pure-Python oracle of the core is a test file, not part of the installed package
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import tree_reference as reference  # noqa: E402
 
 CONFIGS = [(4, 16), (16, 8), (32, 8)]
 

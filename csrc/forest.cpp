@@ -1,5 +1,5 @@
 // rstar tree core: the rules that move the numbers. See forest.hpp for the
-// layout and the exact formulas; rstar/reference.py mirrors every floating
+// layout and the exact formulas; tests/tree_reference.py mirrors every floating
 // point operation here in the same order (tests compare them bit for bit).
 #include "forest.hpp"
 

@@ -1,6 +1,6 @@
 """`rstar evolve DATA --out DIR --rounds N`: rStar-Math's self-evolution rounds, resumable.
 
-Round k (METHODS.md section 1, "Self-evolution")::
+Round k (docs/METHODS.md section 1, "Self-evolution")::
 
     search   DATA with policy_k (+ PPM_k)      round 0: gold terminal rewards only;
                                                later rounds: gold+ppm:PPM_k, finished

@@ -1,4 +1,4 @@
-"""`rstar export RUN_DIR --out DIR`: search trees -> training data (METHODS.md sections 1, 3-5).
+"""`rstar export RUN_DIR --out DIR`: search trees -> training data (docs/METHODS.md sections 1, 3-5).
 
 Pure functions of one trace record (read through ``rstar.trace``), one per kind:
 

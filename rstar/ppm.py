@@ -1,4 +1,4 @@
-"""Model scorers: the process preference model (PPM) and the value head (METHODS.md sections 1, 3, 5).
+"""Model scorers: the process preference model (PPM) and the value head (docs/METHODS.md sections 1, 3, 5).
 
 Two kinds of trained scorer, two architectures each, one directory format:
 

@@ -1,4 +1,4 @@
-"""Scorers: the one place a value comes from (DESIGN.md, "the search layer").
+"""Scorers: the one place a value comes from (docs/ARCHITECTURE.md, "Scorers").
 
 A scorer maps partial or finished solutions to values in [-1, 1], in batches:
 one call per search round. ``None`` means "no value": answer selection then
@@ -117,7 +117,7 @@ class GoldScorer:
         pass
 
 
-# MCTSr's self-evaluation (METHODS.md section 2): a strict grade in [-100, 100].
+# MCTSr's self-evaluation (docs/METHODS.md section 2): a strict grade in [-100, 100].
 SELF_EVAL_PROMPT = (
     "Question: {question}\n\n"
     "Here is a proposed solution, written as a Python program with its printed output:\n\n"

@@ -6,7 +6,11 @@ every test, so a missing install step cannot hide behind a skip.
 """
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import pytest
@@ -32,7 +36,7 @@ def need(what: str, fix: str):
 INSTALL = {
     "trl": "pip install trl peft (after torch==2.13.0)",
     "peft": "pip install trl peft (after torch==2.13.0)",
-    "llama_cpp": "pip install llama-cpp-python (.ci/run builds it without AMX)",
+    "llama_cpp": "bash .ci/install.sh (builds llama-cpp-python for this CPU, without AMX)",
     "torch": "pip install torch==2.13.0",
 }
 
@@ -97,3 +101,51 @@ def spawn(cmd, log: Path, **kw):
 
 def tail(log: Path, n: int = 3000) -> str:
     return Path(log).read_bytes()[-n:].decode(errors="replace") if Path(log).is_file() else ""
+
+
+# ---------------------------------------------------------------------- shared helpers
+def rstar_cmd(*args) -> list[str]:
+    """The command line that runs the `rstar` CLI with these arguments (for spawn or subprocess)."""
+    return [sys.executable, "-m", "rstar.cli", *map(str, args)]
+
+
+def rstar(*args, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+    """Run the `rstar` CLI to the end; stdout and stderr captured as text. The timeout only
+    stops a hung command (tests never check wall-clock time)."""
+    return subprocess.run(rstar_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """A CLI run that stopped on bad input: exit status 2, no traceback, exactly one
+    ``rstar: error:`` line, and every needle on that line."""
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("rstar: error:")]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], r.stderr
+
+
+def write_data(path: Path, rows) -> Path:
+    """Write ``rows`` to ``path`` as JSONL, one object a line, and return ``path``. A row is a
+    dict, or a :class:`rstar.results.Problem` (written as the dataset line it came from:
+    ``id``, ``question``, ``answer``)."""
+
+    def line(row) -> dict:
+        if is_dataclass(row):
+            d = asdict(row)
+            return {"id": d["id"], "question": d["question"], "answer": d["gold"]}
+        return row
+
+    path = Path(path)
+    path.write_text("".join(json.dumps(line(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def need_docker():
+    """The Docker engine and the sandbox image, or skip (locally) / fail (CI) the module's tests.
+    Use it as ``pytestmark = pytest.mark.usefixtures("need_docker")`` or as a fixture argument."""
+    from _sandbox_helpers import require_sandbox
+
+    require_sandbox()

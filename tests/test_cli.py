@@ -1,13 +1,8 @@
 """The command line: help, and one clear line (no traceback) for each kind of bad input."""
 
 import json
-import subprocess
-import sys
 
-
-def rstar(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "rstar.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, **kw)
+from conftest import assert_one_line_error, rstar
 
 
 def test_help_explains_every_command():
@@ -21,14 +16,6 @@ def test_help_explains_every_command():
         assert f"  {algo} " in r.stdout, algo
     for word in ("--beam-width", "--mctsr-rollouts", "--config", "ppm:PATH", "majority vote"):
         assert word in r.stdout, word
-
-
-def assert_one_line_error(r, *needles):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("rstar: error: ") or "rstar: error:" in r.stderr
-    for n in needles:
-        assert n in r.stderr, r.stderr
 
 
 def test_missing_data_file(tmp_path):

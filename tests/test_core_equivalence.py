@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rstar import reference
+import tree_reference as reference  # the pure-Python oracle of the core (tests/tree_reference.py)
 from rstar.tree import DEAD, FIELDS, MCTSR, PENDING, PUCT, RELEASED, UCT, UNBORN, Forest
 
 RULES = [UCT, PUCT, MCTSR]

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rstar import reference
+import tree_reference as reference  # the pure-Python oracle of the core (tests/tree_reference.py)
 from rstar.tree import EXPANDED, MCTSR, PENDING, PUCT, UCT, UNBORN, Forest
 
 

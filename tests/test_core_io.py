@@ -4,7 +4,7 @@ import gc
 
 import numpy as np
 
-from rstar import reference
+import tree_reference as reference  # the pure-Python oracle of the core (tests/tree_reference.py)
 from rstar.tree import BYTES_PER_NODE, FIELDS, MCTSR, PUCT, Forest, load_tree, save_tree
 
 

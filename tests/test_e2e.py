@@ -8,13 +8,12 @@ and resumed ends with every problem exactly once.
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import need, spawn, tail
+from conftest import need, rstar_cmd, spawn, tail
 
 pytestmark = [pytest.mark.model, pytest.mark.docker]
 
@@ -41,10 +40,6 @@ def gsm8k_small(tmp_path_factory):
     # one malformed line in the middle: reported by number, skipped, the run goes on
     path.write_text("\n".join(lines[:2] + ["{oops"] + lines[2:]) + "\n")
     return path
-
-
-def rstar_cmd(*args):
-    return [sys.executable, "-m", "rstar.cli", *map(str, args)]
 
 
 def test_mcts_on_gsm8k_with_the_builtin_model(model_path, sandbox_pool, gsm8k_small):

@@ -21,23 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need, spawn, tail
+from _sandbox_helpers import require_sandbox
+from conftest import need, rstar_cmd, spawn, tail, write_data
+from rstar.demo_scripts import arithmetic_problems
 
 pytestmark = [pytest.mark.docker]
 
 SCRIPT = "scripted:rstar.demo_scripts:gsm8k_arithmetic"
 PACED = "scripted:rstar.demo_scripts:gsm8k_arithmetic_paced"
 NODE = {"num_cpus": 1, "object_store_memory": 80 * 1024 ** 2}
-
-
-def _require_sandbox() -> None:
-    from rstar.errors import SandboxUnavailable
-    from rstar.sandbox import engine
-
-    try:
-        engine.require_image(engine.connect(), os.environ.get("RSTAR_SANDBOX_IMAGE", "rstar-sandbox:latest"))
-    except SandboxUnavailable as exc:
-        need("the Docker sandbox", f"{exc} (run: rstar sandbox build)")
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def cluster():
         need("Ray", 'pip install "rstar[ray]"')
     from rstar.distributed import init_ray
 
-    _require_sandbox()
+    require_sandbox()
     # driven from wherever pytest runs, the repository root included: init_ray keeps the driver's
     # working directory (a source tree without the compiled core) off the workers' path
     c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
@@ -79,13 +71,6 @@ def problems(n: int, seed: int = 0):
     return [Problem(r["id"], r["question"], r["answer"]) for r in arithmetic_problems(n, seed)]
 
 
-def write_data(path: Path, n: int, seed: int = 0) -> Path:
-    from rstar.demo_scripts import arithmetic_problems
-
-    path.write_text("".join(json.dumps(r) + "\n" for r in arithmetic_problems(n, seed)))
-    return path
-
-
 def tree_signature(result: dict) -> dict:
     """What must not depend on where a problem ran: the answer and the whole tree but timings."""
     nodes = [{k: n.get(k) for k in ("id", "parent", "depth", "visits", "q", "kind", "status", "text", "code",
@@ -106,7 +91,7 @@ def local_reference():
 
     from rstar.components import open_components
 
-    _require_sandbox()
+    require_sandbox()
     probs = problems(24)
     with ExitStack() as stack:
         results = {r["id"]: r for r in open_components(recipe(), stack).search.search(probs)}
@@ -117,7 +102,7 @@ def local_reference():
 def test_cluster_run_matches_local_run(cluster, local_reference, tmp_path):
     from rstar.runner import run_dataset
 
-    data = write_data(tmp_path / "data.jsonl", 24)
+    data = write_data(tmp_path / "data.jsonl", arithmetic_problems(24))
     out = tmp_path / "ray"
     summary = run_dataset(data, out, recipe(), progress=False, ray=cluster.address)
     results = read_results(out)
@@ -216,13 +201,9 @@ def test_workers_that_cannot_start_end_the_run_with_their_reason(cluster):
     assert written == []
 
 
-def rstar_cmd(*args) -> list[str]:
-    return [sys.executable, "-m", "rstar.cli", *map(str, args)]
-
-
 def test_driver_killed_mid_run_then_resumed(cluster, tmp_path):
     n = 60
-    data = write_data(tmp_path / "data.jsonl", n, seed=2)
+    data = write_data(tmp_path / "data.jsonl", arithmetic_problems(n, 2))
     out = tmp_path / "run"
     args = ["run", data, "--out", out, "--model", PACED, "--ray", cluster.address, "--sandbox-size", "1",
             "--rollouts", "4", "--children", "4", "--max-depth", "6", "--no-progress"]
@@ -275,7 +256,7 @@ def test_run_started_inside_a_source_checkout_works(cluster, checkout):
     """Ray puts the driver's working directory first on the workers' path unless the job has a
     working directory of its own. Started in a checkout of rstar's sources (no compiled core),
     `rstar run --ray` still searches every problem: its workers import the installed rstar."""
-    write_data(checkout / "data.jsonl", 3)
+    write_data(checkout / "data.jsonl", arithmetic_problems(3))
     r = subprocess.run([sys.executable, "-c", AS_INSTALLED, "run", "data.jsonl", "--out", "out", "--model", SCRIPT,
                         "--ray", cluster.address, "--sandbox-size", "1", "--no-progress"],
                        capture_output=True, text=True, timeout=300, cwd=checkout)
@@ -320,7 +301,7 @@ sys.exit(main())
 
 
 def test_ray_flag_without_ray_says_how_to_install(tmp_path):
-    data = write_data(tmp_path / "data.jsonl", 2)
+    data = write_data(tmp_path / "data.jsonl", arithmetic_problems(2))
     proc = subprocess.run([sys.executable, "-c", BLOCK_RAY, "run", str(data), "--out", str(tmp_path / "o"),
                            "--model", SCRIPT, "--ray", "--no-progress"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

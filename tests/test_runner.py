@@ -2,10 +2,10 @@
 real sandbox containers, rstar's instant scripted policy, and the real SmolLM2 model for seeds."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from conftest import rstar, write_data
 
 from rstar.demo_scripts import arithmetic_problems as _records
 from rstar.errors import DataError
@@ -19,19 +19,8 @@ pytestmark = pytest.mark.docker
 SCRIPT = "scripted:rstar.demo_scripts:gsm8k_arithmetic"
 
 
-def rstar(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "rstar.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=600, **kw)
-
-
 def arithmetic_problems(n):
     return [Problem(d["id"], d["question"], d["answer"]) for d in _records(n)]
-
-
-def write_data(path, problems):
-    path.write_text("".join(json.dumps({"id": p.id, "question": p.question, "answer": p.gold}) + "\n"
-                            for p in problems))
-    return path
 
 
 def small(**kw):

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from _sandbox_helpers import IMAGE, pool_containers, require_sandbox
+from _sandbox_helpers import IMAGE, pool_containers
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("need_docker")]
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -36,13 +36,8 @@ def pool(sandbox_pool):
     return sandbox_pool
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _need_docker():
-    require_sandbox()
-
-
 @pytest.fixture(scope="module")
-def reexec_pool(_need_docker):
+def reexec_pool(need_docker):
     from rstar.sandbox import SandboxConfig, SandboxPool
 
     with SandboxPool(size=2, config=SandboxConfig(image=IMAGE, incremental=False)) as p:

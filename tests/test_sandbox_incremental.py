@@ -18,21 +18,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _sandbox_helpers import IMAGE, in_ci, require_sandbox
+from _sandbox_helpers import IMAGE, in_ci
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("need_docker")]
 
 MAX_STATES = 24
 STATE_MEMORY_MB = 96
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _need_docker():
-    require_sandbox()
-
-
 @pytest.fixture(scope="module")
-def ipool(_need_docker):
+def ipool(need_docker):
     from rstar.sandbox import SandboxConfig, SandboxPool
 
     cfg = SandboxConfig(image=IMAGE, max_states=MAX_STATES, state_memory_mb=STATE_MEMORY_MB)

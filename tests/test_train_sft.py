@@ -10,11 +10,10 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from conftest import need_module, need_smol, spawn, tail
+from conftest import need_module, need_smol, spawn, tail, write_data
 
 need_module("trl")
 need_module("peft")
@@ -117,15 +116,13 @@ def test_bad_input_names_file_and_line(tmp_path, tok):
         build_sft_dataset(f, tok, RSTAR)
 
 
-def write_data(path: Path, n: int = 4) -> Path:
-    rows = [{"prompt": PROMPT.replace("2 + 3", f"2 + {k}"),
+def sft_rows(n: int = 4) -> list[dict]:
+    return [{"prompt": PROMPT.replace("2 + 3", f"2 + {k}"),
              "completion": COMPLETION.replace("2 + 3", f"2 + {k}")} for k in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_train_writes_policy_and_log(tmp_path):
-    data = write_data(tmp_path / "sft.jsonl")
+    data = write_data(tmp_path / "sft.jsonl", sft_rows())
     out = tmp_path / "out"
     log = train_sft(SFTSettings(data=str(data), out=str(out), base=str(SMOL), template="rstar", max_steps=3,
                                 batch_size=2, grad_accum=1, lr=1e-3, lora_r=4, lora_alpha=8, save_steps=2,
@@ -144,7 +141,7 @@ def test_train_writes_policy_and_log(tmp_path):
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
-    data = write_data(tmp_path / "sft.jsonl", n=8)
+    data = write_data(tmp_path / "sft.jsonl", sft_rows(8))
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base", str(SMOL),
            "--template", "rstar", "--max-steps", "40", "--save-steps", "2", "--batch-size", "1",
@@ -178,7 +175,7 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_divergence_stops_and_saves_nothing_after_it(tmp_path):
-    data = write_data(tmp_path / "sft.jsonl")
+    data = write_data(tmp_path / "sft.jsonl", sft_rows())
     out = tmp_path / "out"
     # an infinite learning rate poisons the weights at the first update
     with pytest.raises(TrainingDiverged, match=r"diverged at step 1 \((loss|grad_norm|weights) = (nan|inf)") as info:
@@ -219,7 +216,7 @@ def test_bf16_training_autocasts_and_keeps_a_float32_adapter(tmp_path):
     import torch
     from safetensors import safe_open
 
-    data = write_data(tmp_path / "sft.jsonl")
+    data = write_data(tmp_path / "sft.jsonl", sft_rows())
     logs = {}
     for prec in ("fp32", "bf16"):
         logs[prec] = train_sft(SFTSettings(data=str(data), out=str(tmp_path / prec), base=str(SMOL),
@@ -240,7 +237,7 @@ def test_cli_defaults_take_an_optimizer_step_of_four_examples_one_at_a_time(tmp_
     pass (four at once, padded, took all 24 GiB with the built-in 1.5B model on a CPU)."""
     import torch
 
-    data = write_data(tmp_path / "sft.jsonl", n=8)
+    data = write_data(tmp_path / "sft.jsonl", sft_rows(8))
     out = tmp_path / "out"
     subprocess.run([sys.executable, "-m", "rstar.cli", "train", "sft", str(data), "--out", str(out), "--base",
                     str(SMOL), "--template", "rstar", "--max-steps", "1", "--save-steps", "1", "--lora-r", "4",

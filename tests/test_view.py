@@ -10,13 +10,11 @@ import json
 import math
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import need
+from conftest import assert_one_line_error, need, rstar
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -26,11 +24,6 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
 
 
 # ---------------------------------------------------------------------- helpers
-def rstar(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "rstar.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=120, **kw)
-
-
 def view(run_dir, *args):
     r = rstar("view", run_dir, *args)
     assert r.returncode == 0, r.stderr
@@ -459,15 +452,6 @@ def test_a_one_problem_file_opens_on_its_tree(browser, tmp_path):
 
 
 # ---------------------------------------------------------------------- the command line (no browser)
-def assert_one_line_error(r, *needles):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = [line for line in r.stderr.splitlines() if line.startswith("rstar: error:")]
-    assert len(lines) == 1, r.stderr
-    for n in needles:
-        assert n in lines[0], r.stderr
-
-
 def simple_record(pid, index=0, **kw):
     rec = {"schema": 2, "id": pid, "index": index, "question": "q", "gold": "1", "answer": "1", "correct": True,
            "chosen": 1, "tree": {"nodes": [node(0, -1, kind="root", text="", code=""),

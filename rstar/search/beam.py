@@ -1,4 +1,4 @@
-"""AlphaMath step-level beam search (METHODS.md section 3).
+"""AlphaMath step-level beam search (docs/METHODS.md section 3).
 
 Keep B1 (``beam_width``) partial solutions; each round every beam samples B2
 (``beam_samples``) next steps; all new steps of a problem are ranked by the

@@ -1,7 +1,7 @@
 """Search settings: one dataclass, every algorithm's knobs, published values as presets.
 
 Each field names the algorithms that read it. ``PRESETS`` hold the published
-settings of each method (METHODS.md) and what 2 CPU cores can afford; recipes
+settings of each method (docs/METHODS.md) and what 2 CPU cores can afford; recipes
 (``rstar/recipes/*.yaml``) name a preset and override fields.
 
 **The budget values need to act.** A search is only guided by its values where

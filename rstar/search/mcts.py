@@ -1,4 +1,4 @@
-"""rStar-Math MCTS (METHODS.md section 1): UCT over steps, c = 2.
+"""rStar-Math MCTS (docs/METHODS.md section 1): UCT over steps, c = 2.
 
 Each round, for every tree in flight: select ``leaves_per_tree`` leaves (virtual
 loss keeps them apart), expand each with ``children`` sampled steps through the

@@ -1,4 +1,4 @@
-"""MCTSr (METHODS.md section 2): MCTS over whole answers with self-refine.
+"""MCTSr (docs/METHODS.md section 2): MCTS over whole answers with self-refine.
 
 A node is a whole solution: written step by step with the step template, every
 step's code executed in the sandbox (the shared stages of rstar.search.base, with

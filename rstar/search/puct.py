@@ -1,4 +1,4 @@
-"""AlphaMath MCTS (METHODS.md section 3): PUCT over steps, c_puct = 1.25.
+"""AlphaMath MCTS (docs/METHODS.md section 3): PUCT over steps, c_puct = 1.25.
 
 ``Q(s,a) + c_puct * P(s,a) * sqrt(N(s)) / (1 + N(s,a))`` with the prior
 ``P = exp(mean token log-prob of the step)`` (1 where a backend gives no

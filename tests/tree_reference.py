@@ -1,5 +1,7 @@
 """Pure-Python reference of the tree core: one object per node, same rules.
 
+A test oracle, kept with the tests (it is not part of the installed package).
+
 Used by the tests (which check that the C++ core gives identical selections,
 visits, values and flags, bit for bit) and by ``benchmarks/bench_tree.py`` (as
 the baseline it is measured against). Every floating point operation is done
