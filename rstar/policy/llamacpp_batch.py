@@ -75,6 +75,17 @@ from rstar.policy.llamacpp import LlamaCppPolicy
 _WAIT_FOR_PREFIX = 32
 
 
+class _Stats(dict):
+    """The sequential backend's counters by key; calling it gives the contract's stats()."""
+
+    def __init__(self, counters: dict, **keys) -> None:
+        super().__init__(**keys)
+        self.counters = counters
+
+    def __call__(self) -> dict:
+        return {k: v for k, v in self.counters.items() if k != "evicted"}
+
+
 @dataclasses.dataclass(eq=False)
 class _Request:
     tokens: np.ndarray
@@ -145,7 +156,6 @@ class LlamaBatchPolicy(LlamaCppPolicy):
                          top_k=top_k, min_p=min_p, repeat_penalty=repeat_penalty, logprobs=logprobs,
                          chat_template=chat_template, n_gpu_layers=n_gpu_layers, lora_path=lora_path,
                          verbose=verbose)
-        self.__dict__.pop("stats", None)  # the sequential backend's counters; stats() below
         lc = self._llama_cpp
         max_seq = int(lc.llama_max_parallel_sequences())
         self.parallel = max(1, min(int(parallel), max_seq - 1))
@@ -185,6 +195,9 @@ class LlamaBatchPolicy(LlamaCppPolicy):
         self._piece = (ctypes.c_char * 256)()
         self._counters = {"busy_s": 0.0, "decode_steps": 0, "sequences_decoded": 0, "prompt_tokens": 0,
                           "prompt_tokens_computed": 0, "generated_tokens": 0, "evicted": 0}
+        # policy.stats() is the contract's counters (prompt tokens once per request); policy.stats[KEY]
+        # keeps the sequential backend's counters (prompt tokens once per sample, as it decodes them)
+        self.stats = _Stats(self._counters, prompt_tokens=0, prompt_tokens_reused=0, generated_tokens=0)
         # engine state (owned by the engine thread once it runs)
         self._cond = threading.Condition()
         self._incoming: list[_Request] = []
@@ -204,11 +217,6 @@ class LlamaBatchPolicy(LlamaCppPolicy):
 
     def capacity(self) -> int:
         return self.parallel
-
-    def stats(self) -> dict:  # type: ignore[override]
-        c = dict(self._counters)
-        c.pop("evicted", None)
-        return c
 
     def forget(self, tree: str, nodes: Iterable[int] | None = None) -> None:
         with self._cond:
@@ -412,6 +420,8 @@ class LlamaBatchPolicy(LlamaCppPolicy):
                         self._node_state[(req.node.tree, req.node.node)] = src
             self._counters["prompt_tokens"] += len(req.tokens)
             self._counters["prompt_tokens_computed"] += len(req.tokens) - L
+            self.stats["prompt_tokens"] += len(req.tokens) * req.n_samples
+            self.stats["prompt_tokens_reused"] += len(req.tokens) * req.n_samples - (len(req.tokens) - L)
             toks = req.tokens.tolist()
             self._prefill.append(_Seq(sid=sid, req=req, j=0, tokens=toks[:L], pending=toks[L:]))
             active += req.n_samples
@@ -518,6 +528,7 @@ class LlamaBatchPolicy(LlamaCppPolicy):
         tok = int(lc.llama_sampler_sample(s.chain, self._ctx, idx))
         s.n_gen += 1
         self._counters["generated_tokens"] += 1
+        self.stats["generated_tokens"] += 1
         if self.logprobs:
             row = np.ctypeslib.as_array(lc.llama_get_logits_ith(self._ctx, idx), shape=(self._n_vocab,))
             mx = float(row.max())
