@@ -180,3 +180,15 @@ def test_close_stops_the_engine_thread():
     with pytest.raises(RuntimeError, match="closed"):
         e.submit("x")
     e.close()  # idempotent
+
+
+def test_out_of_kv_cells_preempts_then_completes_or_says_why():
+    prompts = [f"Request {k}: write a long list of fruits, one per line, starting with apple," for k in range(4)]
+    with engine(kv_budget=256, parallel=4) as e:
+        rows = e.generate(prompts, n=1, max_tokens=48, temperature=0.8, seed=[1, 2, 3, 4])
+        assert all(len(r) == 1 and 1 <= r[0].num_tokens <= 48 for r in rows)
+        big = "one two three four five six seven eight nine ten " * 16  # ~160 tokens
+        with pytest.raises(RuntimeError, match="raise kv_budget"):
+            e.generate([big], n=4, max_tokens=60, temperature=0.8, seed=0)
+        [[after]] = e.generate(["Still working?"], max_tokens=4, temperature=0)  # the engine lives on
+        assert after.num_tokens >= 1

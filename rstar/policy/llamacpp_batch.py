@@ -75,6 +75,28 @@ from rstar.policy.llamacpp import LlamaCppPolicy
 _WAIT_FOR_PREFIX = 32
 
 
+class _Rearmed:
+    """A preempted request's future (already running) as admission sees it the second time."""
+
+    def __init__(self, fut: Future) -> None:
+        self.fut = fut
+
+    def cancelled(self) -> bool:
+        return False
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def done(self) -> bool:
+        return self.fut.done()
+
+    def set_result(self, value) -> None:
+        self.fut.set_result(value)
+
+    def set_exception(self, exc) -> None:
+        self.fut.set_exception(exc)
+
+
 class _Stats(dict):
     """The sequential backend's counters by key; calling it gives the contract's stats()."""
 
@@ -474,6 +496,8 @@ class LlamaBatchPolicy(LlamaCppPolicy):
                 break
             if ret == 1 and self._evict_one():  # no free cells: make room and retry
                 continue
+            if ret == 1 and self._preempt():  # still none: the youngest request starts again later
+                return
             raise RuntimeError(f"llama_decode failed ({ret}) with {k} tokens: the KV cache of "
                                f"{self.kv_budget} cells is too small (raise kv_budget or lower parallel)")
         self._counters["decode_steps"] += 1
@@ -502,6 +526,38 @@ class LlamaBatchPolicy(LlamaCppPolicy):
             if not self._sample(s, idx):
                 going.append(s)
         self._gen = going
+
+    def _preempt(self) -> bool:
+        """Out of KV cells with nothing left to evict: take the most recently admitted request off
+        the engine (its cells freed, its samples started again later, with the same seeds); when it
+        is the only one, it fails with a clear error. False when nothing is in flight."""
+        seqs = self._gen + self._prefill
+        if not seqs:
+            return False
+        victim = seqs[-1].req if self._prefill else self._gen[-1].req
+        mine = [s for s in seqs if s.req is victim]
+        lc = self._llama_cpp
+        for s in mine:
+            lc.llama_memory_seq_rm(self._mem, s.sid, -1, -1)
+            self._free.append(s.sid)
+            if s.chain is not None:
+                lc.llama_sampler_free(s.chain)
+                s.chain = None
+        for sid in victim.reserved:
+            self._free.append(sid)
+        victim.reserved = []
+        self._gen = [s for s in self._gen if s.req is not victim]
+        self._prefill = [s for s in self._prefill if s.req is not victim]
+        if not self._gen and not self._prefill:
+            victim.future.set_exception(RuntimeError(
+                f"{self.name}: one request needs more than the KV cache's {self.kv_budget} cells "
+                f"({len(victim.tokens)} prompt tokens, {victim.n_samples} samples): raise kv_budget"))
+            return True
+        victim.results = [None] * victim.n_samples
+        victim.remaining = victim.n_samples
+        victim.future = _Rearmed(victim.future)
+        self._waiting.insert(0, victim)
+        return True
 
     def _make_chain(self, req: _Request, j: int):
         lc = self._llama_cpp
