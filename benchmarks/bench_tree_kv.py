@@ -114,6 +114,10 @@ def worker_search(engine: str, args) -> None:
     policy = _load(engine, args.gguf, args)
     try:
         cfg = preset("cpu").replace(seed=0)
+        if args.rollouts:  # toy runs only: the measurement keeps the preset
+            cfg = cfg.replace(rollouts=args.rollouts)
+        if args.max_tokens:
+            cfg = cfg.replace(max_tokens=args.max_tokens)
         conc = args.concurrent or policy.preferred_concurrency
         if conc:
             cfg = cfg.replace(concurrent_problems=conc)
@@ -248,6 +252,8 @@ def main() -> None:
     ap.add_argument("--kv-budget", type=int, default=32768, help="batch engine: KV cache cells")
     ap.add_argument("--concurrent", type=int, default=None, help="problems in flight (default: the backend's)")
     ap.add_argument("--sandbox-size", type=int, default=None)
+    ap.add_argument("--rollouts", type=int, default=None, help="override the preset's rollouts (toy runs)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="override the preset's tokens a step (toy runs)")
     ap.add_argument("--out", default="bench_tree_kv.jsonl", help="JSONL of finished work; a rerun resumes it")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -280,6 +286,9 @@ def main() -> None:
         passthrough += ["--concurrent", str(args.concurrent)]
     if args.sandbox_size:
         passthrough += ["--sandbox-size", str(args.sandbox_size)]
+    for name in ("rollouts", "max_tokens"):
+        if getattr(args, name):
+            passthrough += ["--" + name.replace("_", "-"), str(getattr(args, name))]
     if args.curve:
         run_child(["--worker", "curve"] + passthrough, out, "curve")
     for eng in args.engines:
