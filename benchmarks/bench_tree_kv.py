@@ -17,6 +17,11 @@ problem and curve point is appended to ``--out`` (JSONL) at once, and a rerun wi
     python benchmarks/bench_tree_kv.py --out tree_kv.jsonl --json
     python benchmarks/bench_tree_kv.py --model path/to/model.gguf --problems 2 --curve 1,4 --json  # toy
 
+Prompt tokens: the batch engine counts a request's prompt once (its n samples share one prefill),
+the sequential backend once per sample (it decodes each sample's prompt); ``prompt_eval_fraction``
+is the batch engine's. A toy run (``--rollouts 1 --max-tokens 24 --problems 1``) proves the
+script works; its figures mean nothing.
+
 ``--json`` prints one object as the last line, with ``rollouts_speedup`` (batch / sequential
 rollouts per second), ``prompt_eval_fraction`` (the batch engine's prompt tokens evaluated / sent),
 ``batch64_vs_batch1`` (tokens/s at the curve's largest k / at k=1; named for k=64).
