@@ -25,7 +25,10 @@ default batcher of :class:`Policy` gives); :meth:`generate` gives sample j of pr
 ``sample_seed(seed, i, j)`` (as the sequential backend). Sampling never depends on which other
 sequences share a step. Caveat, measured on SmolLM2 Q4_1 (tests/test_policy_llamacpp_batch.py):
 llama.cpp's CPU kernels do not promise bit-identical logits when the same tokens are computed in
-a batch of another size or from a copied cache; see that test for what holds.
+a batch of another size or from a copied cache; see that test for what holds. In particular a
+prompt whose prefix is served from the cache evaluates its last tokens in another batch shape than
+a fresh prefill, so a greedy completion can change where two tokens nearly tie (seen on SmolLM2:
+"def fibonacci(n):\n" again after its first completion was cached began with another token).
 
 The KV cache follows the tree
 -----------------------------
