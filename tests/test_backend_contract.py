@@ -1,7 +1,8 @@
 """One behaviour across backends: the same prompts, stops and sampling settings to every backend
 that starts here, on the same SmolLM2-135M weights.
 
-Backends: llama.cpp in process and llama.cpp's server (the Q4_1 GGUF), transformers on the GGUF
+Backends: llama.cpp in process (the batched engine, the default, and the sequential backend) and
+llama.cpp's server (the Q4_1 GGUF), transformers on the GGUF
 (de-quantized at load), vLLM in process and vLLM's OpenAI server (the GGUF converted to a
 bfloat16 model directory). Each is started once (module-scoped, one at a time).
 
@@ -45,7 +46,7 @@ PROMPTS = [
     "x = 7\ny = x * 6\nprint(",
 ]
 STOPS = ["\n\n", "```", "."]
-BACKENDS = ["llamacpp", "llamacpp_server", "hf", "vllm", "vllm_server"]
+BACKENDS = ["llamacpp", "llamacpp_batch", "llamacpp_server", "hf", "vllm", "vllm_server"]
 # seeded samples repeat only where the engine schedules deterministically; vLLM's OpenAI server
 # runs its engine in another process and batches requests as they arrive (vLLM's reproducibility
 # page: the online API does not support it). vLLM in process does (rstar.policy.vllm, deterministic).
@@ -67,7 +68,12 @@ def _start(name: str, tmp_path_factory):
     if name == "llamacpp":
         if importlib.util.find_spec("llama_cpp") is None:
             need("llama.cpp", "pip install llama-cpp-python")
-        return load_policy(str(gguf), options={"n_ctx": 2048, "n_threads": 2}), None
+        return load_policy(str(gguf), options={"n_ctx": 2048, "n_threads": 2, "engine": "sequential"}), None
+    if name == "llamacpp_batch":
+        if importlib.util.find_spec("llama_cpp") is None:
+            need("llama.cpp", "pip install llama-cpp-python")
+        return load_policy(str(gguf), options={"n_ctx": 2048, "n_threads": 2, "parallel": 8,
+                                               "kv_budget": 8192}), None
     if name == "llamacpp_server":
         if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("uvicorn") is None:
             need("llama.cpp's server", "pip install llama-cpp-python uvicorn fastapi sse-starlette "

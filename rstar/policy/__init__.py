@@ -13,7 +13,11 @@ Spec forms (see :func:`parse_spec`):
 
 ======================================  ==========================================
 ``"default"``                           the built-in model (fetched once), llama.cpp
-``"path/to/model.gguf"``                llama.cpp (also ``"llamacpp:PATH"``)
+``"path/to/model.gguf"``                llama.cpp (also ``"llamacpp:PATH"``): the batched engine
+                                        (:mod:`rstar.policy.llamacpp_batch`: many sequences per
+                                        decode, KV cache kept per search node); the one-sequence
+                                        backend with ``--backend-opt engine=sequential`` or the
+                                        spec ``"llamacpp-seq:PATH"``
 ``"hf:<id or dir>"``                    transformers (also a local HF model dir;
                                         ``"hf:file.gguf"`` loads a GGUF with transformers;
                                         ``"hf:default"`` the built-in model, converted once)
@@ -72,6 +76,11 @@ BACKEND_OPTIONS: dict[str, dict[str, tuple[type, str]]] = {
         "seed": (int, "the engine's seed"),
         "min_p": (float, "min-p sampling"),
         "repeat_penalty": (float, "repetition penalty (1.0: off)"),
+        "engine": (str, "batch (default: many sequences per decode, KV cache per search node) or "
+                        "sequential (one sequence at a time, the earlier backend)"),
+        "parallel": (int, "batch engine: sequences decoded at once (its capacity), default 32"),
+        "kv_budget": (int, "batch engine: token cells of the shared KV cache, default 32768"),
+        "flash_attn": (bool, "batch engine: flash attention (default true)"),
         **_SAMPLING,
     },
     "hf": {
@@ -114,6 +123,8 @@ BACKEND_OPTIONS: dict[str, dict[str, tuple[type, str]]] = {
     },
 }
 BACKEND_OPTIONS["default"] = BACKEND_OPTIONS["llamacpp"]
+BACKEND_OPTIONS["llamacpp-seq"] = BACKEND_OPTIONS["llamacpp"]
+_BATCH_ONLY = ("parallel", "kv_budget", "flash_attn")
 _ALIASES = {"openai": {"max_concurrency": "concurrency"}, "vllm": {"kv_cache_gib": "kv_cache_space"}}
 
 _TRUE = {"true", "yes", "on", "1"}
@@ -215,6 +226,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
         raise ModelUnavailable("empty model spec")
     if s == "default":
         return "default", ""
+    if s.startswith("llamacpp-seq:"):
+        return "llamacpp-seq", s[len("llamacpp-seq:"):]
     for prefix in ("llamacpp:", "llama.cpp:", "gguf:"):
         if s.startswith(prefix):
             return "llamacpp", s[len(prefix):]
@@ -262,6 +275,23 @@ def _converted(target: str, backend: str) -> str:
     return str(out)
 
 
+def _llamacpp(path, kwargs: dict) -> Policy:
+    """A GGUF on llama.cpp: the batched engine unless ``engine=sequential``."""
+    engine = str(kwargs.pop("engine", None) or "batch").strip().lower()
+    if engine == "sequential":
+        from rstar.policy.llamacpp import LlamaCppPolicy
+
+        extra = [k for k in _BATCH_ONLY if k in kwargs]
+        if extra:
+            raise BackendOptionError(f"backend option {extra[0]} applies to engine=batch only, not engine=sequential")
+        return LlamaCppPolicy(path, **kwargs)
+    if engine != "batch":
+        raise BackendOptionError(f"backend option engine={engine!r}: expected batch or sequential")
+    from rstar.policy.llamacpp_batch import LlamaBatchPolicy
+
+    return LlamaBatchPolicy(path, **kwargs)
+
+
 def load_policy(spec: str = "default", options: Mapping[str, Any] | None = None, **opts) -> Policy:
     """Build the policy named by ``spec``.
 
@@ -285,9 +315,8 @@ def load_policy(spec: str = "default", options: Mapping[str, Any] | None = None,
     kwargs = {**opts, **check_options(backend, options)}
     if backend == "default":
         from rstar.models import ensure_default_model
-        from rstar.policy.llamacpp import LlamaCppPolicy
 
-        return LlamaCppPolicy(ensure_default_model(progress=True), **kwargs)
+        return _llamacpp(ensure_default_model(progress=True), kwargs)
     if backend == "scripted":
         import importlib
 
@@ -297,10 +326,10 @@ def load_policy(spec: str = "default", options: Mapping[str, Any] | None = None,
         except (ImportError, AttributeError, ValueError) as exc:
             raise ModelUnavailable(f"scripted:{target}: cannot import the script ({exc})") from None
         return ScriptedPolicy(script, name=f"scripted:{target}", **kwargs)
-    if backend == "llamacpp":
-        from rstar.policy.llamacpp import LlamaCppPolicy
-
-        return LlamaCppPolicy(target, **kwargs)
+    if backend in ("llamacpp", "llamacpp-seq"):
+        if backend == "llamacpp-seq":
+            kwargs.setdefault("engine", "sequential")
+        return _llamacpp(target, kwargs)
     if backend == "hf":
         from rstar.policy.hf import HFPolicy
 

@@ -41,6 +41,7 @@ import dataclasses
 import math
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -129,8 +130,9 @@ class LlamaCppPolicy(Policy):
         self.eos_token = _token_text(model, meta.get("tokenizer.ggml.eos_token_id"), model.token_eos())
         self._bos_id = model.token_bos()
         self._vocab = model.vocab
-        # statistics (for benchmarks): tokens decoded vs tokens reused from the KV cache
-        self.stats = {"prompt_tokens": 0, "prompt_tokens_reused": 0, "generated_tokens": 0}
+        # statistics (for benchmarks): tokens decoded vs tokens reused from the KV cache; also
+        # callable, as the contract's stats()
+        self.stats = _Counters(prompt_tokens=0, prompt_tokens_reused=0, generated_tokens=0, busy_s=0.0)
 
     # ------------------------------------------------------------ chat
 
@@ -161,6 +163,7 @@ class LlamaCppPolicy(Policy):
         if n <= 0 or not prompts:
             return [[] for _ in prompts] if n <= 0 else []
         with self._lock:
+            t0 = time.perf_counter()
             encoded = [self.tokenize(p) for p in prompts]
             order = sorted(range(len(prompts)), key=lambda i: encoded[i])
             greedy = temperature <= 0
@@ -170,6 +173,7 @@ class LlamaCppPolicy(Policy):
                                                  sample_seed(seed, i, j))
                 if greedy:
                     out[i] = [dataclasses.replace(out[i][0]) for _ in range(n)]
+            self.stats["busy_s"] += time.perf_counter() - t0
         return out  # type: ignore[return-value]
 
     def _sample_one(self, tokens: list[int], stops: list[str], max_tokens: int,
@@ -230,6 +234,17 @@ class LlamaCppPolicy(Policy):
                 llm.close()
             finally:
                 self.llm = None
+
+
+class _Counters(dict):
+    """The sequential backend's counters (``policy.stats["prompt_tokens"]``); calling it gives the
+    contract's :meth:`Policy.stats` (one sample at a time: no step or occupancy counts)."""
+
+    def __call__(self) -> dict:
+        return {"busy_s": self["busy_s"], "decode_steps": None, "sequences_decoded": None,
+                "prompt_tokens": self["prompt_tokens"],
+                "prompt_tokens_computed": self["prompt_tokens"] - self["prompt_tokens_reused"],
+                "generated_tokens": self["generated_tokens"]}
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
