@@ -118,7 +118,7 @@ def test_retries_5xx_then_succeeds(fake):
     p = OpenAIPolicy(srv.url + "#m", backoff=0.01, stop_mode="server")
     [[c]] = p.generate(["hi"], n=1, stop=["<end>"], seed=1)
     assert c.text.startswith("hi|") and c.stop == "<end>" and c.finish_reason == "stop"
-    assert p.stats["retries"] == 2
+    assert p.counters["retries"] == 2
     assert len(srv.requests) == 3
     p.close()
 

@@ -173,6 +173,10 @@ class HFPolicy(Policy):
         lp_sum = None if logps is None else float(sum(logps[:ntok]))
         return Completion(text=text, stop=hit, finish_reason=finish, num_tokens=ntok, logprob_sum=lp_sum)
 
+    def capacity(self) -> int:
+        """Prompts it decodes in one forward batch (``batch_size``)."""
+        return int(self.batch_size)
+
     def close(self) -> None:
         self.model = None
         self.tokenizer = None

@@ -118,7 +118,7 @@ class OpenAIPolicy(Policy):
         self._n_supported: bool | None = None
         self._lock = threading.Lock()
         self._stream_lock = threading.Lock()  # stream mode: one stream at a time (see the module doc)
-        self.stats = {"requests": 0, "retries": 0}
+        self.counters = {"requests": 0, "retries": 0}  # HTTP requests and retries (stats() is the engine contract)
         self.model = model or spec_model or self._discover_model()
         self.name = f"openai:{self.base_url}#{self.model}"
 
@@ -133,10 +133,10 @@ class OpenAIPolicy(Policy):
         for attempt in range(self.max_retries + 1):
             if attempt:
                 with self._lock:
-                    self.stats["retries"] += 1
+                    self.counters["retries"] += 1
             try:
                 with self._lock:
-                    self.stats["requests"] += 1
+                    self.counters["requests"] += 1
                 resp = self.session.request(method, url, json=payload, timeout=self.timeout,
                                             stream=stream)
                 if resp.status_code in RETRY_STATUS:
@@ -267,7 +267,7 @@ class OpenAIPolicy(Policy):
                 if comp is not None:
                     return comp
                 with self._lock:
-                    self.stats["retries"] += 1
+                    self.counters["retries"] += 1
         raise ModelUnavailable(
             f"{self.base_url}: the server ended the stream without a finish reason {self.max_retries + 1} "
             "times in a row (cut short, not finished); if another client shares this server, note that "
@@ -306,6 +306,10 @@ class OpenAIPolicy(Policy):
         if finish is None:
             return None
         return Completion(text=text, stop=hit, finish_reason=finish, num_tokens=chunks, logprob_sum=None)
+
+    def capacity(self) -> int:
+        """The requests this client keeps in flight at once (its ``concurrency``)."""
+        return self.concurrency
 
     def close(self) -> None:
         pool = getattr(self, "_pool", None)
