@@ -7,8 +7,9 @@ the engine by the search). Per run: generated tokens/s, prompt tokens computed v
 cache, rollouts/s, solved problems per hour, the model's busy fraction, batch occupancy
 (sequences per engine step) and accuracy with its 95% interval. Engines:
 
-    llamacpp      the built-in model (or --model) through llama.cpp, lockstep, one problem at a time
-                  (today's default for that backend: the baseline of every speed-up)
+    llamacpp      the built-in model (or --model) through llama.cpp's one-sequence backend
+                  (engine=sequential), lockstep, one problem at a time: the baseline of every speed-up
+    llamacpp_batch  the same model on the batched llama.cpp engine (the CPU default), lockstep and async
     vllm          the same model converted for vLLM (its CPU build here), lockstep and async
     NAME=SPEC     any model spec rstar accepts (e.g. a batched llama.cpp engine), lockstep and async
 
@@ -46,8 +47,10 @@ def engine_specs(args) -> dict[str, tuple[str, dict, tuple[str, ...]]]:
     """name -> (model spec, backend options, drivers)."""
     out = {}
     for item in [s.strip() for s in args.engines.split(",") if s.strip()]:
-        if item == "llamacpp":
-            out[item] = (args.model, {}, ("lockstep",))
+        if item == "llamacpp":  # the one-sequence backend (engine=sequential): the baseline
+            out[item] = (args.model, {"engine": "sequential"}, ("lockstep",))
+        elif item == "llamacpp_batch":  # the batched llama.cpp engine with its tree-shaped KV cache
+            out[item] = (args.model, {"engine": "batch"}, ("lockstep", "async"))
         elif item == "vllm":
             out[item] = ("vllm:" + str(_converted(args.model)), {"max_model_len": 4096, "kv_cache_space": 4},
                          ("lockstep", "async"))
@@ -55,7 +58,7 @@ def engine_specs(args) -> dict[str, tuple[str, dict, tuple[str, ...]]]:
             name, spec = item.split("=", 1)
             out[name] = (spec, {}, ("lockstep", "async"))
         else:
-            raise SystemExit(f"--engines: {item!r} is not llamacpp, vllm or NAME=SPEC")
+            raise SystemExit(f"--engines: {item!r} is not llamacpp, llamacpp_batch, vllm or NAME=SPEC")
     return out
 
 
