@@ -137,7 +137,9 @@ def engine_snapshot(search) -> dict:
 
     policy = search.policy
     stats = getattr(policy, "stats", None)
-    native = callable(stats) and getattr(type(policy), "stats", None) is not Policy.stats
+    # the backend's own counters: a method overriding Policy.stats, or a callable kept on the
+    # instance (the llama.cpp backends keep a dict of counters that is also callable)
+    native = callable(stats) and getattr(stats, "__func__", None) is not Policy.stats
     try:
         got = stats() if native else (Policy.stats(policy) if isinstance(policy, Policy) else None)
     except Exception:
