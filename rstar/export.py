@@ -92,21 +92,7 @@ def cut_steps(record: dict) -> list[int]:
 def clean_outcomes(record: dict) -> list[trace.Outcome]:
     """``trace.outcomes`` with cut steps counting as no ending: a crashed sample does not make
     its ancestors wrong."""
-    ns = trace.nodes(record)
-    correct = [0] * len(ns)
-    wrong = [0] * len(ns)
-    for n in reversed(ns):
-        i = n["id"]
-        e = None if is_cut(n) else trace.ending(n)
-        if e is True:
-            correct[i] += 1
-        elif e is False:
-            wrong[i] += 1
-        p = n["parent"]
-        if p >= 0:
-            correct[p] += correct[i]
-            wrong[p] += wrong[i]
-    return [trace.Outcome(c, w) for c, w in zip(correct, wrong)]
+    return trace.outcomes(record, skip=is_cut)
 
 
 def clean_q(record: dict) -> list[float | None]:

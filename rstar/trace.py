@@ -198,14 +198,15 @@ def ending(node: dict) -> bool | None:
     return None
 
 
-def outcomes(record: dict) -> list[Outcome]:
-    """Per node, the correct and wrong endings at or below it (one pass, children after parents)."""
+def outcomes(record: dict, skip=None) -> list[Outcome]:
+    """Per node, the correct and wrong endings at or below it (one pass, children after parents).
+    ``skip(node)``: nodes whose own ending is not counted (the exporters' cut steps)."""
     ns = nodes(record)
     correct = [0] * len(ns)
     wrong = [0] * len(ns)
     for n in reversed(ns):
         i = n["id"]
-        e = ending(n)
+        e = None if skip is not None and skip(n) else ending(n)
         if e is True:
             correct[i] += 1
         elif e is False:
