@@ -51,7 +51,8 @@ def test_eval_recomputes_metrics(tmp_path):
 
 
 def test_run_with_a_gguf_model_uses_the_backend_concurrency(tmp_path):
-    """llama.cpp keeps one KV cache: `rstar run` searches one problem at a time unless told."""
+    """llama.cpp one sequence at a time keeps one KV cache: `rstar run` searches one problem at a
+    time unless told; the batched engine (the default) gets as many trees as it decodes sequences."""
     from conftest import need, smol_path
 
     model = smol_path()
@@ -62,9 +63,12 @@ def test_run_with_a_gguf_model_uses_the_backend_concurrency(tmp_path):
                             for i in range(2)))
     common = ["run", data, "--model", model, "--algo", "greedy", "--max-depth", "2", "--max-tokens", "24",
               "--no-progress"]
-    r = rstar(*common, "--out", tmp_path / "a")
+    r = rstar(*common, "--out", tmp_path / "a", "--backend-opt", "engine=sequential")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "a" / "run.json").read_text())["recipe"]["search"]["concurrent_problems"] == 1
+    r = rstar(*common, "--out", tmp_path / "batched", "--backend-opt", "parallel=8")
+    assert r.returncode == 0, r.stderr  # greedy asks for one sequence a tree: 8 at once, 1.5x headroom (async)
+    assert json.loads((tmp_path / "batched" / "run.json").read_text())["recipe"]["search"]["concurrent_problems"] == 12
     r = rstar(*common, "--out", tmp_path / "b", "--concurrent", "2")
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "b" / "run.json").read_text())["recipe"]["search"]["concurrent_problems"] == 2

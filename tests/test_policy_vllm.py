@@ -382,9 +382,9 @@ def test_openai_client_against_vllm_server(vllm_server):
         assert p.stop_mode == "server"  # vLLM says which stop string hit (stop_reason)
         assert got.stop == "." and got.finish_reason == "stop" and "." not in got.text
         assert got.logprob_sum is not None and got.logprob_sum < 0 and got.num_tokens >= 1
-        n_before = p.stats["requests"]
+        n_before = p.counters["requests"]
         rows = p.generate([PROMPT_CODE, PROMPT_FACT], n=3, max_tokens=16, temperature=1.0, seed=[7, 8])
-        assert p.stats["requests"] - n_before == 2  # n honoured in one request per prompt
+        assert p.counters["requests"] - n_before == 2  # n honoured in one request per prompt
         assert [len(r) for r in rows] == [3, 3] and len({c.text for c in rows[0]}) > 1
         # no repeat check: vLLM's online API does not schedule deterministically (its reproducibility
         # page), and a seeded call there did give other text in a full test run (test_backend_contract)
