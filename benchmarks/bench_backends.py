@@ -170,6 +170,27 @@ def worker(name: str, args) -> dict:
 # ------------------------------------------------------------------ parent: one child per backend
 
 
+def run_with_peak_rss(cmd: list[str]) -> tuple[int, int]:
+    """Run ``cmd`` (its output on our stderr) to the end: its exit status and the peak summed RSS
+    (bytes) of its process tree, sampled every 0.2 s."""
+    proc = subprocess.Popen(cmd, stdout=sys.stderr, stderr=sys.stderr)
+    peak = 0
+    stop = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, _tree_rss(proc.pid))
+            time.sleep(0.2)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    rc = proc.wait()
+    stop.set()
+    th.join()
+    return rc, peak
+
+
 def _tree_rss(root: int) -> int:
     """Summed RSS (bytes) of ``root`` and its descendants."""
     kids: dict[int, list[int]] = {}
@@ -199,21 +220,7 @@ def _tree_rss(root: int) -> int:
 def run_child(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--gguf", str(args.gguf)] + _pass_through(args)
     out = tempfile.NamedTemporaryFile("w+", suffix=".json", delete=False)
-    proc = subprocess.Popen(cmd + ["--out", out.name], stderr=sys.stderr, stdout=sys.stderr)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    rc = proc.wait()
-    stop.set()
-    th.join()
+    rc, peak = run_with_peak_rss(cmd + ["--out", out.name])
     if rc != 0:
         return {"backend": name, "error": f"worker exited {rc} (see its output above)"}
     row = json.loads(Path(out.name).read_text())

@@ -32,14 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_backends import DATA, _tree_rss  # noqa: E402
+from bench_backends import DATA, run_with_peak_rss  # noqa: E402
 
 ENGINES = ("sequential", "batch")
 
@@ -151,21 +149,7 @@ def worker_search(engine: str, args) -> None:
 
 
 def run_child(argv: list[str], out: Path, engine: str) -> None:
-    proc = subprocess.Popen([sys.executable, __file__] + argv, stdout=sys.stderr, stderr=sys.stderr)
-    peak = 0
-    stop = threading.Event()
-
-    def sample():
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, _tree_rss(proc.pid))
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    rc = proc.wait()
-    stop.set()
-    th.join()
+    rc, peak = run_with_peak_rss([sys.executable, __file__] + argv)
     _append(out, {"kind": "peak", "engine": engine, "peak_rss_gib": round(peak / 2**30, 3), "rc": rc})
     if rc != 0:
         print(f"bench_tree_kv: the {engine} worker exited {rc}; what it finished is in {out} "
